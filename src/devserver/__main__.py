@@ -1,0 +1,3 @@
+from devserver.cli.main import run
+
+run()

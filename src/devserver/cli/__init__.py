@@ -1,0 +1,1 @@
+"""The `devserver` command line: each command parses, calls one function, renders."""

@@ -1,0 +1,354 @@
+"""The devserver spec: one model that the stacks, the roles and the image builders all read.
+
+A `devserver.yaml` is validated once, at the edge, into a :class:`DevserverSpec`. Everything downstream takes the
+model (or the :class:`~devserver.plan.Resolved` view of it), never raw dictionaries. Unknown keys are errors
+(``extra="forbid"``) so that a typo never silently falls back to a default.
+
+This module checks what can be checked from the spec alone (shapes, formats, cross-field rules such as "no world-open
+SSH"). Facts that need the GPU catalog (which machine carries which GPU, driver/CUDA pairs) are checked by
+:func:`devserver.plan.resolve`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from devserver import versions
+from devserver.errors import FieldError
+
+CloudName = Literal["gce", "azure", "aws", "openstack", "local"]
+OsName = Literal["debian-12", "ubuntu-22.04", "ubuntu-24.04"]
+
+_NAME_RE = r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$"
+_SSH_KEY_RE = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)"
+    r" [A-Za-z0-9+/]+={0,3}( .*)?$"
+)
+_VERSION_RE = r"^\d+\.\d+(\.\d+)?$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+# --- clouds -------------------------------------------------------------------------------------------------------
+
+
+class GceCloud(_Model):
+    """Google Compute Engine: the project and zone the devserver lives in."""
+
+    provider: Literal["gce"]
+    project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", description="GCP project ID.")
+    zone: str = Field(pattern=r"^[a-z]+-[a-z]+\d+-[a-z]$", description="Zone, e.g. us-central1-a.")
+    network: str | None = Field(default=None, description="Existing VPC network to use; a new one when omitted.")
+
+    @property
+    def region(self) -> str:
+        return self.zone.rsplit("-", 1)[0]
+
+
+class AzureCloud(_Model):
+    """Azure: subscription, resource group and location."""
+
+    provider: Literal["azure"]
+    subscription_id: str = Field(
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description="Subscription GUID.",
+    )
+    resource_group: str = Field(pattern=r"^[-\w.()]{1,89}[-\w()]$", description="Resource group (created if absent).")
+    location: str = Field(description="Azure location, e.g. westeurope.")
+    trusted_launch: bool = Field(default=False, description="Use Trusted Launch (secure boot + vTPM, gen2 only).")
+
+    @property
+    def region(self) -> str:
+        return self.location
+
+
+class AwsCloud(_Model):
+    """AWS: region, and optionally the subnet to place the instance in (default VPC otherwise)."""
+
+    provider: Literal["aws"]
+    region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$", description="Region, e.g. us-east-1.")
+    subnet_id: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]{8,17}$")
+    availability_zone: str | None = Field(default=None, pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
+
+
+class OpenStackCloud(_Model):
+    """OpenStack (CSC cPouta first): the clouds.yaml entry, the project network and the external network."""
+
+    provider: Literal["openstack"]
+    cloud: str = Field(min_length=1, description="Name of the clouds.yaml entry (or OS_CLOUD).")
+    region: str = Field(default="regionOne")
+    network: str = Field(min_length=1, description="Project network the VM attaches to.")
+    external_network: str = Field(default="public", description="Network floating IPs come from.")
+
+
+class LocalCloud(_Model):
+    """A local qemu VM: what `devserver image build --target local` and `image boot` produce. No GPU."""
+
+    provider: Literal["local"]
+    cpus: int = Field(default=2, ge=1, le=64)
+    memory_gb: int = Field(default=4, ge=1, le=512)
+
+    @property
+    def region(self) -> str:
+        return "local"
+
+
+Cloud = Annotated[GceCloud | AzureCloud | AwsCloud | OpenStackCloud | LocalCloud, Field(discriminator="provider")]
+
+
+# --- machine, OS, disks, SSH --------------------------------------------------------------------------------------
+
+
+class GpuRequest(_Model):
+    model: str = Field(min_length=1, description="GPU model from the catalog, e.g. t4, l4, a100-80gb, h100.")
+    count: int = Field(default=1, ge=1, le=16)
+
+    @field_validator("model")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
+class Machine(_Model):
+    """The VM shape. Give the GPU, the machine type, or both: the catalog fills in and checks the rest."""
+
+    gpu: GpuRequest | None = None
+    type: str | None = Field(default=None, min_length=1, description="Machine type / size / flavor.")
+    spot: bool = Field(default=False, description="Spot / preemptible capacity.")
+
+
+class ImageRef(_Model):
+    """A built image to boot instead of the stock OS image (name, ID or self-link, as the cloud names it)."""
+
+    name: str = Field(min_length=1)
+    project: str | None = Field(default=None, description="GCE: project holding the image.")
+
+
+class DataVolume(_Model):
+    size_gb: int = Field(ge=1, le=65536)
+    mount_point: str = Field(default="/data", pattern=r"^/[A-Za-z0-9._/-]*[A-Za-z0-9._-]$")
+    docker_data_root: bool = Field(default=True, description="Move Docker's data-root onto the data volume.")
+    filesystem: Literal["ext4", "xfs"] = "ext4"
+
+    @field_validator("mount_point")
+    @classmethod
+    def _not_system(cls, value: str) -> str:
+        reserved = {"/", "/boot", "/etc", "/usr", "/var", "/bin", "/sbin", "/lib", "/proc", "/sys", "/dev", "/run"}
+        if value.rstrip("/") in reserved or ".." in value.split("/"):
+            raise FieldError("", "would hide a system directory", "use a path of its own, e.g. /data", value)
+        return value
+
+
+class Disks(_Model):
+    boot_gb: int = Field(default=100, ge=20, le=4096)
+    data: DataVolume | None = None
+
+
+class Ssh(_Model):
+    """Who may log in, with which keys, from where. There is no default CIDR: SSH is never open by accident."""
+
+    admin_user: str = Field(default="devserver", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    public_keys: list[str] = Field(default_factory=list)
+    allowed_cidrs: list[str] = Field(default_factory=list)
+    allow_world: bool = Field(
+        default=False, description="Permit 0.0.0.0/0 or ::/0 in allowed_cidrs. Off unless you say so."
+    )
+
+    @field_validator("admin_user")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in {"root", "daemon", "bin", "sys", "nobody", "sshd", "ubuntu", "admin"}:
+            raise FieldError("", "is a system or image-reserved account", "choose another name, e.g. devserver", value)
+        return value
+
+    @field_validator("public_keys")
+    @classmethod
+    def _keys(cls, keys: list[str]) -> list[str]:
+        for index, key in enumerate(keys):
+            if not _SSH_KEY_RE.match(key):
+                shown = key if len(key) <= 40 else key[:37] + "..."
+                raise FieldError(
+                    str(index), "is not an OpenSSH public key", "paste the one line of your ~/.ssh/*.pub file", shown
+                )
+        return keys
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+        for index, cidr in enumerate(cidrs):
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError as exc:
+                raise FieldError(
+                    str(index), f"is not a network in CIDR form ({exc})", "write it like 203.0.113.4/32", cidr
+                ) from None
+        return cidrs
+
+    @model_validator(mode="after")
+    def _no_world(self) -> Ssh:
+        world = [c for c in self.allowed_cidrs if ipaddress.ip_network(c).prefixlen == 0]
+        if world and not self.allow_world:
+            raise FieldError(
+                "allowed_cidrs",
+                "opens SSH to the whole internet",
+                "list your own networks instead, or set ssh.allow_world: true if you really mean it",
+                ", ".join(world),
+            )
+        return self
+
+
+# --- software -----------------------------------------------------------------------------------------------------
+
+
+class Driver(_Model):
+    branch: int | None = Field(
+        default=None, ge=300, le=999, description="Driver branch, e.g. 535. Default: the distro's, or the pinned one."
+    )
+    flavour: Literal["auto", "open", "proprietary"] = Field(
+        default="auto", description="Kernel module flavour; auto picks from the GPU's architecture."
+    )
+    source: Literal["distro", "cuda-repo"] = Field(
+        default="distro", description="The OS archive, or NVIDIA's CUDA repository."
+    )
+
+
+class Cuda(_Model):
+    install: bool = True
+    version: str = Field(default="auto", description="X.Y, or auto: the newest the source offers for the branch.")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if value != "auto" and not re.match(r"^\d+\.\d+$", value):
+            raise FieldError("", "is not a CUDA version", "write it as major.minor, e.g. 12.2, or auto", value)
+        return value
+
+
+class Software(_Model):
+    driver: Driver = Field(default_factory=Driver)
+    cuda: Cuda = Field(default_factory=Cuda)
+    container_toolkit: str = Field(default=versions.CONTAINER_TOOLKIT, pattern=_VERSION_RE)
+    container_runtime: Literal["docker", "containerd", "both", "none"] = "both"
+    default_runtime_nvidia: bool = Field(default=False, description="Make nvidia the default container runtime.")
+    reboot: bool = Field(default=False, description="Let `devserver update` reboot a host when the driver needs it.")
+
+
+class Repositories(_Model):
+    """Where every package comes from. An air-gapped site points each of these at its mirror."""
+
+    apt_proxy: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(:\d+)?/?$")
+    debian_mirror: str = Field(default=versions.DEBIAN_MIRROR, pattern=r"^https?://\S+$")
+    debian_security_mirror: str = Field(default=versions.DEBIAN_SECURITY_MIRROR, pattern=r"^https?://\S+$")
+    ubuntu_mirror: str = Field(default=versions.UBUNTU_MIRROR, pattern=r"^https?://\S+$")
+    cuda_repo: str = Field(default=versions.CUDA_REPO, pattern=r"^https?://\S+$")
+    cuda_repo_key_fingerprint: str = Field(default=versions.CUDA_REPO_KEY_FINGERPRINT, pattern=r"^[0-9A-F]{40}$")
+    container_toolkit_repo: str = Field(default=versions.CONTAINER_TOOLKIT_REPO, pattern=r"^https?://\S+$")
+    container_toolkit_key_fingerprint: str = Field(
+        default=versions.CONTAINER_TOOLKIT_KEY_FINGERPRINT, pattern=r"^[0-9A-F]{40}$"
+    )
+    docker_repo: str | None = Field(
+        default=None, pattern=r"^https?://\S+$", description="Docker's own repository; the distro's docker.io if unset."
+    )
+
+
+# --- kubernetes ---------------------------------------------------------------------------------------------------
+
+
+class Taint(_Model):
+    key: str = Field(pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
+    value: str = Field(default="", pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]{0,62})?$")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+
+
+def _gpu_taint() -> list[Taint]:
+    return [Taint(key="nvidia.com/gpu", value="present", effect="NoSchedule")]
+
+
+class NodePool(_Model):
+    name: str = Field(default="gpu", pattern=r"^[a-z][a-z0-9]{0,11}$", description="Pool name (AKS: ≤ 12 chars).")
+    gpu: GpuRequest
+    machine_type: str | None = None
+    node_count: int = Field(default=1, ge=0, le=100)
+    taints: list[Taint] = Field(default_factory=_gpu_taint)
+
+
+class Kubernetes(_Model):
+    version: str | None = Field(default=None, pattern=r"^\d+\.\d+$")
+    node_pools: list[NodePool] = Field(min_length=1)
+    gpu_operator: str = Field(default=versions.GPU_OPERATOR, pattern=r"^v?\d+\.\d+\.\d+$")
+    nvshare: bool = Field(default=False, description="Install nvshare to share one GPU between pods.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Kubernetes:
+        names = [pool.name for pool in self.node_pools]
+        if len(set(names)) != len(names):
+            raise FieldError("node_pools", "node pool names must be unique", "give each pool its own name", names)
+        return self
+
+
+# --- the spec -----------------------------------------------------------------------------------------------------
+
+
+class DevserverSpec(_Model):
+    """The whole devserver: where, what machine, what software. See `devserver schema` for every field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, title="devserver spec")
+
+    name: str = Field(pattern=_NAME_RE, description="Lowercase name; prefixes every resource the stacks create.")
+    cloud: Cloud
+    machine: Machine = Field(default_factory=Machine)
+    os: OsName = "debian-12"
+    image: ImageRef | None = None
+    disks: Disks = Field(default_factory=Disks)
+    ssh: Ssh = Field(default_factory=Ssh)
+    software: Software = Field(default_factory=Software)
+    repositories: Repositories = Field(default_factory=Repositories)
+    kubernetes: Kubernetes | None = None
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels/tags on every resource.")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        # The strictest of the four clouds (GCE): lowercase keys and values, ≤ 63 chars.
+        for key, value in labels.items():
+            if not re.match(r"^[a-z][a-z0-9_-]{0,62}$", key):
+                raise FieldError(key, "is not a valid label key", "use lowercase letters, digits, _ or -", key)
+            if not re.match(r"^[a-z0-9_-]{0,63}$", value):
+                raise FieldError(key, "is not a valid label value", "use ≤ 63 lowercase letters, digits, _ or -", value)
+        return labels
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> DevserverSpec:
+        provider = self.cloud.provider
+        if provider == "local":
+            if self.machine.gpu is not None or self.machine.type is not None:
+                raise FieldError(
+                    "machine", "a local devserver is a qemu VM without a GPU", "remove machine.gpu and machine.type"
+                )
+        elif self.machine.gpu is None and self.machine.type is None:
+            raise FieldError(
+                "machine", f"a {provider} devserver needs a GPU or a machine type", "add machine.gpu.model"
+            )
+        elif not self.ssh.public_keys:
+            raise FieldError("ssh.public_keys", "is empty: nobody could log in", "add the line of your ~/.ssh/*.pub")
+        elif not self.ssh.allowed_cidrs:
+            raise FieldError(
+                "ssh.allowed_cidrs",
+                "is empty: SSH would be closed to everyone",
+                "list your networks, e.g. 203.0.113.4/32",
+            )
+        if self.kubernetes is not None and provider not in ("gce", "azure", "aws"):
+            raise FieldError(
+                "kubernetes", f"node pools are offered on gce, azure and aws, not {provider}", "remove the section"
+            )
+        if self.software.default_runtime_nvidia and self.software.container_runtime == "none":
+            raise FieldError(
+                "software.default_runtime_nvidia", "needs a container runtime", "set software.container_runtime"
+            )
+        return self
