@@ -247,8 +247,14 @@ class Repositories(_Model):
     debian_security_mirror: str = Field(default=versions.DEBIAN_SECURITY_MIRROR, pattern=r"^https?://\S+$")
     ubuntu_mirror: str = Field(default=versions.UBUNTU_MIRROR, pattern=r"^https?://\S+$")
     cuda_repo: str = Field(default=versions.CUDA_REPO, pattern=r"^https?://\S+$")
+    cuda_repo_key_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://\S+$",
+        description="Signing key URL; default <cuda_repo>/<distro>/x86_64/" + versions.CUDA_REPO_KEY_FILE + ".",
+    )
     cuda_repo_key_fingerprint: str = Field(default=versions.CUDA_REPO_KEY_FINGERPRINT, pattern=r"^[0-9A-F]{40}$")
     container_toolkit_repo: str = Field(default=versions.CONTAINER_TOOLKIT_REPO, pattern=r"^https?://\S+$")
+    container_toolkit_key_url: str = Field(default=versions.CONTAINER_TOOLKIT_KEY_URL, pattern=r"^https?://\S+$")
     container_toolkit_key_fingerprint: str = Field(
         default=versions.CONTAINER_TOOLKIT_KEY_FINGERPRINT, pattern=r"^[0-9A-F]{40}$"
     )

@@ -18,8 +18,11 @@ DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
 # NVIDIA's CUDA repository root; the role appends <distro>/x86_64/ (e.g. debian12, ubuntu2404)
 CUDA_REPO = "https://developer.download.nvidia.com/compute/cuda/repos"
-# Fingerprint of NVIDIA's CUDA repository signing key (3bf863cc.pub, in use since April 2022)
+# NVIDIA's CUDA repository signing key file, relative to <CUDA_REPO>/<distro>/x86_64/ (in use since April 2022)
+CUDA_REPO_KEY_FILE = "3bf863cc.pub"
 CUDA_REPO_KEY_FINGERPRINT = "EB693B3035CD5710E231E123A4B469963BF863CC"
+# The apt source is "<CONTAINER_TOOLKIT_REPO>/$(ARCH) /" (a flat repository)
 CONTAINER_TOOLKIT_REPO = "https://nvidia.github.io/libnvidia-container/stable/deb"
+CONTAINER_TOOLKIT_KEY_URL = "https://nvidia.github.io/libnvidia-container/gpgkey"
 # Fingerprint of the libnvidia-container / nvidia-container-toolkit repository key (its gpgkey file)
 CONTAINER_TOOLKIT_KEY_FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"

@@ -1,0 +1,243 @@
+"""What every cloud's devserver component shares: the outputs contract, labels, cloud-init, taints, kubeconfigs.
+
+Each cloud module (:mod:`~devserver.infra.gce`, ``azure``, ``aws``, ``openstack``) subclasses
+:class:`DevserverComponent`; the stacks under ``stacks/<cloud>/`` load the spec with :func:`resolve_for_stack`,
+build the component through :func:`devserver.infra.component_for` and export :attr:`DevserverComponent.outputs`
+with :func:`export_outputs`. This module imports the Pulumi core SDK but no cloud provider SDK.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import ClassVar
+
+import pulumi
+import yaml
+
+from devserver.errors import SpecError
+from devserver.loader import load_spec
+from devserver.plan import MachineChoice, Resolved, resolve
+from devserver.spec import DevserverSpec
+
+#: Label/tag key every resource carries; its value is the spec's name. The policy pack requires it.
+NAME_LABEL = "devserver"
+#: Label/tag (or, on resources without labels, description marker) saying the spec set ``ssh.allow_world``.
+#: The policy pack lets a world-open SSH rule through only on resources that carry it.
+ALLOW_WORLD_LABEL = "devserver-allow-world"
+ALLOW_WORLD_MARKER = f"{ALLOW_WORLD_LABEL}=true"
+SSH_PORT = 22
+WORLD_CIDRS = ("0.0.0.0/0", "::/0")
+
+
+@dataclass(frozen=True)
+class DevserverOutputs:
+    """The outputs contract: the same names on every cloud, read by ``devserver update --stack``.
+
+    `host` is the public address SSH reaches, `ssh_user`/`ssh_port` how to log in, `instance_id` the cloud's ID
+    of the VM, `gpu` what it carries ('1x NVIDIA T4'), `image` the image it booted from as the cloud names it.
+    `kubeconfig` (a secret) is present only where the spec asked for a Kubernetes cluster.
+    """
+
+    host: pulumi.Output[str]
+    ssh_user: str
+    ssh_port: int
+    instance_id: pulumi.Output[str]
+    gpu: str
+    image: pulumi.Input[str]
+    kubeconfig: pulumi.Output[str] | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """The outputs by name, `kubeconfig` left out when there is no cluster."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+#: Output names every stack exports (plus ``kubeconfig`` where a cluster is created).
+OUTPUT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(DevserverOutputs) if f.name != "kubeconfig")
+
+
+class DevserverComponent(pulumi.ComponentResource):
+    """One GPU devserver (and its node pools) on one cloud, built from a resolved spec.
+
+    Contract for subclasses: set ``RESOURCE_TYPE``; in ``__init__`` call ``super().__init__`` first, then
+    :meth:`use_provider` with the cloud's provider configured from the spec, create every resource with
+    ``opts=self.child()`` (lookups with :meth:`invoke_opts`), and end with :meth:`publish`. A subclass never
+    re-validates the spec: :func:`devserver.plan.resolve` already rejected whatever cannot be built.
+    """
+
+    RESOURCE_TYPE: ClassVar[str]
+    outputs: DevserverOutputs
+
+    def __init__(self, resolved: Resolved, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(self.RESOURCE_TYPE, resolved.spec.name, None, opts)
+        if resolved.machine is None or resolved.machine.gpu is None:
+            raise ValueError(f"{resolved.spec.name}: a cloud devserver needs a resolved GPU machine")
+        self.resolved = resolved
+        self.spec: DevserverSpec = resolved.spec
+        self.machine: MachineChoice = resolved.machine
+        self.labels: dict[str, str] = labels(resolved.spec)
+        self._provider: pulumi.ProviderResource | None = None
+
+    def use_provider(self, provider: pulumi.ProviderResource) -> None:
+        """Make `provider` (configured from the spec, so nothing is configured twice) the one children use."""
+        self._provider = provider
+
+    def child(self, depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.ResourceOptions:
+        """Options for a resource inside this component: parented to it, on the spec's provider."""
+        return pulumi.ResourceOptions(parent=self, provider=self._provider, depends_on=list(depends_on))
+
+    def invoke_opts(self) -> pulumi.InvokeOptions:
+        """Options for a data-source lookup: on the spec's provider, parented to this component."""
+        return pulumi.InvokeOptions(parent=self, provider=self._provider)
+
+    def publish(self, outputs: DevserverOutputs) -> None:
+        self.outputs = outputs
+        self.register_outputs(outputs.as_dict())
+
+
+def labels(spec: DevserverSpec) -> dict[str, str]:
+    """Labels/tags for every resource: the spec's own, then ``devserver: <name>`` (which wins), and the
+    allow-world marker only when the spec opened SSH to the world on purpose (a spec label cannot forge it)."""
+    own = {key: value for key, value in spec.labels.items() if key != ALLOW_WORLD_LABEL}
+    out = {**own, NAME_LABEL: spec.name}
+    if spec.ssh.allow_world:
+        out[ALLOW_WORLD_LABEL] = "true"
+    return out
+
+
+def rule_description(spec: DevserverSpec, what: str) -> str:
+    """Description for a firewall rule on a cloud whose rules take no labels (GCE firewalls, OpenStack rules):
+    it names the devserver and carries the allow-world marker the policy pack reads."""
+    text = f"{what} for devserver {spec.name}"
+    return f"{text} [{ALLOW_WORLD_MARKER}]" if spec.ssh.allow_world else text
+
+
+def cidrs_by_family(cidrs: Sequence[str]) -> dict[int, list[str]]:
+    """{4: [...], 6: [...]} with only the families present: GCE, Azure and OpenStack rules take one family each."""
+    out: dict[int, list[str]] = {}
+    for cidr in cidrs:
+        out.setdefault(ipaddress.ip_network(cidr).version, []).append(cidr)
+    return out
+
+
+def cloud_init(spec: DevserverSpec) -> str:
+    """cloud-init user-data creating the spec's admin user with its keys and passwordless sudo.
+
+    `devserver update` logs in as this user and runs the playbook with become, so sudo must not ask for a
+    password. Password logins are off; the image's default user is not created (one account, the spec's).
+    """
+    config = {
+        "users": [
+            {
+                "name": spec.ssh.admin_user,
+                "gecos": f"devserver admin ({spec.name})",
+                "shell": "/bin/bash",
+                "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "lock_passwd": True,
+                "ssh_authorized_keys": list(spec.ssh.public_keys),
+            }
+        ],
+        "ssh_pwauth": False,
+        "disable_root": True,
+    }
+    return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=10_000)
+
+
+@dataclass(frozen=True)
+class Taint:
+    """A Kubernetes taint parsed from the planner's ``key=value:Effect`` form."""
+
+    key: str
+    value: str
+    effect: str
+
+    _UPPER: ClassVar[Mapping[str, str]] = {
+        "NoSchedule": "NO_SCHEDULE",
+        "PreferNoSchedule": "PREFER_NO_SCHEDULE",
+        "NoExecute": "NO_EXECUTE",
+    }
+
+    @classmethod
+    def parse(cls, text: str) -> Taint:
+        key, rest = text.split("=", 1)
+        value, effect = rest.rsplit(":", 1)
+        return cls(key, value, effect)
+
+    @property
+    def upper_effect(self) -> str:
+        """The effect as GKE and EKS spell it (NO_SCHEDULE)."""
+        return self._UPPER[self.effect]
+
+    def __str__(self) -> str:
+        """The ``key=value:Effect`` form AKS takes."""
+        return f"{self.key}={self.value}:{self.effect}"
+
+
+def exec_kubeconfig(
+    cluster: str, server: str, ca_data: str, command: str, args: Sequence[str], install_hint: str
+) -> str:
+    """A kubeconfig (JSON, which kubectl reads as YAML) authenticating through a credential plugin.
+
+    No token is stored in it: the plugin (`aws eks get-token`, `gke-gcloud-auth-plugin`) fetches short-lived ones.
+    """
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": ca_data}}],
+        "users": [
+            {
+                "name": cluster,
+                "user": {
+                    "exec": {
+                        "apiVersion": "client.authentication.k8s.io/v1beta1",
+                        "command": command,
+                        "args": list(args),
+                        "installHint": install_hint,
+                        "provideClusterInfo": True,
+                        "interactiveMode": "Never",
+                    }
+                },
+            }
+        ],
+        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": cluster}}],
+        "current-context": cluster,
+    }
+    return json.dumps(config, indent=2)
+
+
+def spec_error_text(exc: SpecError) -> str:
+    """A spec error as `devserver plan` prints it (without colour): the source, then one line per problem."""
+    count = len(exc.problems)
+    lines = [f"{exc.source}: {count} problem{'s' if count != 1 else ''}"]
+    lines += [f"  ✗ {problem.render()}" for problem in exc.problems]
+    return "\n".join(lines)
+
+
+def resolve_for_stack(spec_path: Path, provider: str) -> Resolved:
+    """Load and resolve the spec for the `provider` stack, before any resource is registered.
+
+    A spec that the model or the catalog rejects ends the program with :class:`pulumi.RunError` carrying the
+    same problem lines `devserver plan` prints (a RunError is reported without a Python traceback); so does a
+    spec written for another cloud.
+    """
+    source = str(spec_path)
+    try:
+        resolved = resolve(load_spec(spec_path), source)
+    except SpecError as exc:
+        raise pulumi.RunError(spec_error_text(exc)) from None
+    actual = resolved.spec.cloud.provider
+    if actual != provider:
+        raise pulumi.RunError(
+            f"{source}: cloud.provider is {actual}, but this is the {provider} stack — fix: use stacks/{actual}, "
+            f"or point devserver:spec at a {provider} spec"
+        )
+    return resolved
+
+
+def export_outputs(component: DevserverComponent) -> None:
+    """Export the component's outputs contract as the stack's outputs."""
+    for name, value in component.outputs.as_dict().items():
+        pulumi.export(name, value)
