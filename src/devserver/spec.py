@@ -243,6 +243,10 @@ class Repositories(_Model):
     """Where every package comes from. An air-gapped site points each of these at its mirror."""
 
     apt_proxy: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(:\d+)?/?$")
+    apt_proxy_bypass: list[str] = Field(
+        default_factory=list,
+        description="Hosts reached directly, not through apt_proxy (e.g. a local mirror the proxy refuses).",
+    )
     debian_mirror: str = Field(default=versions.DEBIAN_MIRROR, pattern=r"^https?://\S+$")
     debian_security_mirror: str = Field(default=versions.DEBIAN_SECURITY_MIRROR, pattern=r"^https?://\S+$")
     ubuntu_mirror: str = Field(default=versions.UBUNTU_MIRROR, pattern=r"^https?://\S+$")

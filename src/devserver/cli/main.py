@@ -84,6 +84,103 @@ def catalog(
     render.catalog(cloud, json_out)
 
 
+Target = Annotated[
+    str, typer.Argument(help="user@host[:port], an Ansible inventory file, or a stack folder.", show_default=False)
+]
+SpecOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--spec", help="The spec (default: ./devserver.yaml, else the built-in local one).", show_default=False
+    ),
+]
+KeyOption = Annotated[Path | None, typer.Option("--key", help="SSH private key file.", show_default=False)]
+KnownHostsOption = Annotated[
+    Path | None,
+    typer.Option("--known-hosts", help="known_hosts file (default: ~/.ssh/known_hosts).", show_default=False),
+]
+
+
+def _known_hosts(path: Path | None) -> Path:
+    return path if path is not None else Path.home() / ".ssh" / "known_hosts"
+
+
+@app.command()
+def update(
+    target: Target,
+    spec: SpecOption = None,
+    check: Annotated[bool, typer.Option("--check", help="Report what would change; change nothing.")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="Show file differences.")] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Only ROLE, or ROLE:install / ROLE:configure (repeatable).", show_default=False),
+    ] = None,
+    key: KeyOption = None,
+    data_device: Annotated[
+        str | None, typer.Option("--data-device", help="Block device of the data volume, e.g. /dev/sdb.")
+    ] = None,
+    known_hosts: KnownHostsOption = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Bring live hosts to the spec by running the devserver playbook.
+
+    Checks every host first (SSH, passwordless sudo, OS), then runs the roles on all of them in parallel with
+    progress, and reports changed tasks, failures and hosts that need a reboot. Exit 1 if anything failed.
+    """
+    from devserver.cli import hosts
+
+    hosts.run_update(
+        target,
+        spec,
+        check=check,
+        diff=diff,
+        only=only or [],
+        key=key,
+        data_device=data_device,
+        known_hosts=_known_hosts(known_hosts),
+        json_out=json_out,
+    )
+
+
+@app.command()
+def status(
+    target: Target,
+    spec: SpecOption = None,
+    key: KeyOption = None,
+    known_hosts: KnownHostsOption = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Show a host's GPU stack against the spec.
+
+    OS, kernel, driver, DKMS, CUDA, container toolkit and runtimes, GPUs seen, and every drift from the spec
+    (exit 1 when there is drift).
+    """
+    from devserver.cli import hosts
+
+    hosts.run_status(target, spec, key, _known_hosts(known_hosts), json_out)
+
+
+@app.command()
+def ssh(target: Target, spec: SpecOption = None, key: KeyOption = None, known_hosts: KnownHostsOption = None) -> None:
+    """Open a shell on a host."""
+    from devserver.cli import hosts
+
+    hosts.run_shell(target, [], key, _known_hosts(known_hosts), spec)
+
+
+@app.command("exec")
+def exec_(
+    target: Target,
+    command: Annotated[list[str], typer.Argument(help="The command to run.", show_default=False)],
+    spec: SpecOption = None,
+    key: KeyOption = None,
+    known_hosts: KnownHostsOption = None,
+) -> None:
+    """Run a command on every host of TARGET; exits with the highest exit code."""
+    from devserver.cli import hosts
+
+    hosts.run_shell(target, command, key, _known_hosts(known_hosts), spec)
+
+
 def run() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,85 @@
+"""The variables of the one playbook, mapped from a resolved spec: the only place where spec fields meet role variables.
+
+:func:`role_vars` returns exactly the role variables the spec decides (every name is declared in a role's
+``defaults/main.yml`` and ``meta/argument_specs.yml``, of the type declared there); anything the spec does not decide
+keeps the role's default. The result is JSON-serialisable and goes to ansible-runner as extra vars, so it overrides
+every other variable source.
+"""
+
+from __future__ import annotations
+
+from devserver import catalog as catalog_module
+from devserver import versions
+from devserver.plan import Resolved
+
+# Ubuntu's security pocket lives on its own host; a site with its own mirror serves every pocket from that mirror.
+UBUNTU_SECURITY_MIRROR = "http://security.ubuntu.com/ubuntu"
+
+
+def role_vars(resolved: Resolved, *, image_mode: bool = False, data_device: str | None = None) -> dict[str, object]:
+    """Role variables for `resolved`.
+
+    `image_mode`: the playbook builds an image (chroot or Packer): services are not started, nothing reboots, no
+    data volume. `data_device`: the data volume's block device as the host names it (the runner knows it per cloud);
+    None when the host has none yet. Raises ValueError for a device the spec has no data volume for, or a device in
+    image mode.
+    """
+    spec = resolved.spec
+    software = spec.software
+    repos = spec.repositories
+    data = spec.disks.data
+    if data_device is not None and data is None:
+        raise ValueError(f"data device {data_device} given, but the spec has no disks.data volume")
+    if data_device is not None and image_mode:
+        raise ValueError("an image build has no data volume: give no data device in image mode")
+    docker = software.container_runtime in ("docker", "both")
+    max_cuda = catalog_module.load().max_cuda(resolved.driver_branch)
+    assert max_cuda is not None  # resolve() rejects a branch the catalog has no CUDA for
+    # Docker moves onto the data volume only where there are both (an image build has no data volume yet)
+    use_data_root = data is not None and data.docker_data_root and data_device is not None and docker
+
+    return {
+        # devserver_base
+        "devserver_base_admin_user": spec.ssh.admin_user,
+        "devserver_base_admin_keys": list(spec.ssh.public_keys),
+        "devserver_base_apt_proxy": (repos.apt_proxy or "").rstrip("/"),
+        "devserver_base_apt_proxy_bypass": list(repos.apt_proxy_bypass),
+        "devserver_base_debian_mirror": repos.debian_mirror,
+        "devserver_base_debian_security_mirror": repos.debian_security_mirror,
+        "devserver_base_ubuntu_mirror": repos.ubuntu_mirror,
+        "devserver_base_ubuntu_security_mirror": (
+            UBUNTU_SECURITY_MIRROR if repos.ubuntu_mirror == versions.UBUNTU_MIRROR else repos.ubuntu_mirror
+        ),
+        "devserver_base_image_mode": image_mode,
+        # data_volume
+        "data_volume_device": data_device or "",
+        "data_volume_mount_point": data.mount_point if data else "/data",
+        "data_volume_filesystem": data.filesystem if data else "ext4",
+        "data_volume_docker_data_root": bool(use_data_root),
+        # nvidia_driver
+        "nvidia_driver_branch": resolved.driver_branch,
+        "nvidia_driver_flavour": resolved.driver_flavour,
+        "nvidia_driver_source": software.driver.source,
+        "nvidia_driver_cuda_repo_url": repos.cuda_repo.rstrip("/"),
+        "nvidia_driver_cuda_repo_key_url": repos.cuda_repo_key_url or "",
+        "nvidia_driver_cuda_repo_key_fingerprint": repos.cuda_repo_key_fingerprint,
+        "nvidia_driver_fabric_manager": resolved.fabric_manager,
+        "nvidia_driver_reboot": software.reboot and not image_mode,
+        "nvidia_driver_image_mode": image_mode,
+        # cuda_toolkit
+        "cuda_toolkit_install": resolved.cuda is not None,
+        "cuda_toolkit_source": software.driver.source,
+        "cuda_toolkit_version": resolved.cuda or max_cuda,
+        "cuda_toolkit_max_version": max_cuda,
+        # container_runtime
+        "container_runtime_engines": software.container_runtime,
+        "container_runtime_default_runtime_nvidia": software.default_runtime_nvidia,
+        "container_runtime_docker_repo_url": (repos.docker_repo or "").rstrip("/"),
+        "container_runtime_toolkit_repo_url": repos.container_toolkit_repo.rstrip("/"),
+        "container_runtime_toolkit_key_url": repos.container_toolkit_key_url,
+        "container_runtime_toolkit_key_fingerprint": repos.container_toolkit_key_fingerprint,
+        "container_runtime_toolkit_version": software.container_toolkit,
+        "container_runtime_docker_data_root": f"{data.mount_point}/docker" if data and use_data_root else "",
+        "container_runtime_docker_users": [spec.ssh.admin_user] if docker else [],
+        "container_runtime_image_mode": image_mode,
+    }

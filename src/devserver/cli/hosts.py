@@ -1,0 +1,228 @@
+"""The host commands (update, status, ssh, exec): argument handling and rendering around devserver.update."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from devserver.cli.render import EXIT_SPEC, resolve_or_exit, spec_error
+from devserver.errors import Problem, SpecError
+from devserver.plan import Resolved
+from devserver.remote import RemoteError
+from devserver.runner import RunSummary, TaskEvent
+from devserver.targets import Host, parse_targets
+from devserver.update import Drift, HostsError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+EXIT_FAILED = 1
+
+
+def default_spec(spec: Path | None) -> Path | None:
+    """--spec, else ./devserver.yaml when present, else None (the built-in local spec)."""
+    if spec is not None:
+        return spec
+    local = Path("devserver.yaml")
+    return local if local.is_file() else None
+
+
+def hosts_or_exit(target: str, resolved: Resolved, key: Path | None, json_out: bool) -> list[Host]:
+    if key is not None and not key.is_file():
+        spec_error(
+            SpecError("--key", [Problem("--key", "is not a file", "pass your private key file", str(key))]), json_out
+        )
+    try:
+        return parse_targets(target, default_user=resolved.spec.ssh.admin_user, key_file=key)
+    except SpecError as exc:
+        spec_error(exc, json_out)
+
+
+def host_problems(problems: list[Problem], json_out: bool, code: int) -> NoReturn:
+    if json_out:
+        sys.stdout.write(json.dumps({"ok": False, "problems": [p.as_dict() for p in problems]}, indent=2) + "\n")
+    else:
+        err.print(f"[bold red]error[/]: {len(problems)} host problem(s); nothing was changed")
+        for problem in problems:
+            err.out(f"  ✗ {problem.render()}", highlight=False)
+    raise typer.Exit(code)
+
+
+def run_update(
+    target: str,
+    spec: Path | None,
+    *,
+    check: bool,
+    diff: bool,
+    only: list[str],
+    key: Path | None,
+    data_device: str | None,
+    known_hosts: Path | None,
+    json_out: bool,
+) -> None:
+    from devserver import update as update_module
+
+    resolved = resolve_or_exit(default_spec(spec), json_out)
+    hosts = hosts_or_exit(target, resolved, key, json_out)
+    mode = " (check mode: nothing will change)" if check else ""
+    if not json_out:
+        out.print(f"[bold]devserver update[/] {resolved.spec.name} → {', '.join(h.name for h in hosts)}{mode}")
+    status = None if json_out else err.status("preflight: SSH, sudo, OS", spinner="dots")
+
+    def progress(event: TaskEvent | str) -> None:
+        if status is None:
+            return
+        if isinstance(event, str):
+            status.update(f"[cyan]{event}[/]")
+        elif event.status == "changed":
+            out.print(f"  [yellow]changed[/] {event.host}  {event.task}")
+        elif event.status in ("failed", "unreachable"):
+            out.print(f"  [red]{event.status}[/] {event.host}  {event.task}: {event.message[:400]}")
+
+    try:
+        if status is not None:
+            status.start()
+        summary = update_module.update(
+            hosts,
+            resolved,
+            check=check,
+            diff=diff,
+            only=only,
+            data_device=data_device,
+            known_hosts=known_hosts,
+            on_event=progress,
+        )
+    except SpecError as exc:
+        spec_error(exc, json_out)
+    except HostsError as exc:
+        host_problems(exc.problems, json_out, EXIT_FAILED)
+    finally:
+        if status is not None:
+            status.stop()
+    render_summary(summary, check, json_out)
+    if not summary.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def render_summary(summary: RunSummary, check: bool, json_out: bool) -> None:
+    reboot = sorted(h for h, s in summary.hosts.items() if s.reboot_required)
+    if json_out:
+        payload = {
+            "ok": summary.ok,
+            "check": check,
+            "rc": summary.rc,
+            "hosts": {h: asdict(s) for h, s in summary.hosts.items()},
+            "changed_tasks": [asdict(t) for t in summary.changed_tasks],
+            "failures": [asdict(t) for t in summary.failures],
+            "reboot_required": reboot,
+        }
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    table = Table(title="Summary" + (" (check mode)" if check else ""), title_justify="left")
+    for column in ("host", "ok", "changed", "failed", "unreachable", "skipped", "reboot"):
+        table.add_column(column)
+    for host, stats in sorted(summary.hosts.items()):
+        table.add_row(
+            host,
+            str(stats.ok),
+            str(stats.changed),
+            str(stats.failed),
+            str(stats.unreachable),
+            str(stats.skipped),
+            "required" if stats.reboot_required else "no",
+        )
+    out.print(table)
+    if reboot:
+        out.print(
+            f"[yellow]reboot required[/] on {', '.join(reboot)} to load the new driver "
+            "(set software.reboot: true to let devserver reboot)"
+        )
+    if summary.ok:
+        verb = "would change" if check else "changed"
+        out.print(f"[green]✓[/] done: {summary.changed} task(s) {verb}")
+    else:
+        out.print(f"[red]✗[/] failed: {len(summary.failures)} task(s) failed or hosts unreachable")
+
+
+def run_status(target: str, spec: Path | None, key: Path | None, known_hosts: Path | None, json_out: bool) -> None:
+    from devserver import update as update_module
+
+    resolved = resolve_or_exit(default_spec(spec), json_out)
+    hosts = hosts_or_exit(target, resolved, key, json_out)
+    report = []
+    problems = []
+    for host in hosts:
+        try:
+            facts, drift = update_module.status(host, resolved, known_hosts)
+        except RemoteError as exc:
+            problems.append(Problem(host.name, exc.message, exc.fix))
+            continue
+        report.append((host, facts, drift))
+    if problems:
+        host_problems(problems, json_out, EXIT_FAILED)
+    if json_out:
+        payload = [
+            {"host": h.name, "facts": f, "drift": [asdict(d) for d in d_], "in_sync": not d_} for h, f, d_ in report
+        ]
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    else:
+        for host, facts, drift in report:
+            _render_status(host, facts, drift)
+    if any(d for _, _, d in report):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _render_status(host: Host, facts: dict[str, object], drift: list[Drift]) -> None:
+    table = Table(title=f"{host.name}", title_justify="left", show_header=False)
+    table.add_column("item", style="cyan")
+    table.add_column("value")
+    os_facts = facts.get("os")
+    table.add_row("os", str(os_facts.get("PRETTY_NAME") if isinstance(os_facts, dict) else os_facts))
+    for key in (
+        "kernel",
+        "kernels_installed",
+        "driver_packages",
+        "dkms",
+        "nouveau_blacklisted",
+        "persistenced",
+        "nvcc",
+        "toolkit",
+        "docker",
+        "containerd",
+        "docker_runtimes",
+        "nvidia_smi",
+        "reboot_required",
+    ):
+        value = facts.get(key)
+        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    out.print(table)
+    if drift:
+        for item in drift:
+            out.print(f"  [red]drift[/] {item.item}: want {item.want}, have {item.have}")
+    else:
+        out.print("  [green]✓[/] in sync with the spec")
+
+
+def run_shell(target: str, command: list[str], key: Path | None, known_hosts: Path | None, spec: Path | None) -> None:
+    from devserver.remote import connect, run_command
+
+    resolved = resolve_or_exit(default_spec(spec), False)
+    hosts = hosts_or_exit(target, resolved, key, False)
+    if len(hosts) != 1 and not command:
+        err.print("[bold red]error[/]: TARGET names several hosts — fix: name one host for an interactive shell")
+        raise typer.Exit(EXIT_SPEC)
+    try:
+        if not command:
+            with connect(hosts[0], known_hosts=known_hosts) as connection:
+                connection.shell()
+            return
+        codes = [run_command(host, " ".join(command), known_hosts=known_hosts) for host in hosts]
+    except RemoteError as exc:
+        host_problems([Problem(exc.host.name, exc.message, exc.fix)], False, EXIT_FAILED)
+    raise typer.Exit(max(codes))

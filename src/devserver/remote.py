@@ -1,0 +1,166 @@
+"""Fabric (SSH) adapter: the reachability check before Ansible starts, `devserver ssh/exec`, and the probe behind
+`devserver status`.
+
+Contract: every function here raises :class:`RemoteError` with a message a user can act on (unreachable, wrong key,
+host key changed, sudo refused, unsupported OS) — never a raw paramiko/socket traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devserver.targets import Host
+
+SUPPORTED_OS = {("debian", "12"): "debian-12", ("ubuntu", "22.04"): "ubuntu-22.04", ("ubuntu", "24.04"): "ubuntu-24.04"}
+
+
+class RemoteError(Exception):
+    """A host could not be used; `fix` says what to do about it."""
+
+    def __init__(self, host: Host, message: str, fix: str) -> None:
+        super().__init__(f"{host.user}@{host.address}:{host.port}: {message}")
+        self.host = host
+        self.message = message
+        self.fix = fix
+
+
+@dataclass(frozen=True)
+class Preflight:
+    host: Host
+    os: str  # one of SUPPORTED_OS's values
+    kernel: str
+
+
+@contextmanager
+def connect(host: Host, *, known_hosts: Path | None = None, timeout: float = 15) -> Iterator[Any]:
+    """An open Fabric connection. Unknown host keys are accepted (a fresh VM); a changed one is refused."""
+    import fabric
+    import paramiko
+
+    connect_kwargs: dict[str, Any] = {"timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout}
+    if host.key_file is not None:
+        connect_kwargs["key_filename"] = str(host.key_file)
+        connect_kwargs["look_for_keys"] = False
+    connection = fabric.Connection(host.address, user=host.user, port=host.port, connect_kwargs=connect_kwargs)
+    client = connection.client
+    if known_hosts is not None and known_hosts.exists():
+        client.load_host_keys(str(known_hosts))
+    # Accept-new: a first contact with a new VM is expected; a key that differs from a known one is not.
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        connection.open()
+    except paramiko.BadHostKeyException:
+        raise RemoteError(
+            host,
+            "its SSH host key differs from the one in known_hosts",
+            "if the host was rebuilt, remove its old key: ssh-keygen -R ADDRESS",
+        ) from None
+    except paramiko.AuthenticationException:
+        raise RemoteError(
+            host,
+            f"SSH login as {host.user} was refused (wrong key or user)",
+            "pass the right key with --key, or the right user in user@host",
+        ) from None
+    except TimeoutError:
+        raise RemoteError(
+            host,
+            "SSH did not answer (timed out)",
+            "check the address, that the host is up, and that your network is in ssh.allowed_cidrs",
+        ) from None
+    except (OSError, paramiko.SSHException) as exc:
+        raise RemoteError(host, f"cannot connect over SSH ({exc})", "check the address and port") from None
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def preflight(host: Host, *, known_hosts: Path | None = None) -> Preflight:
+    """Reach the host, check sudo works without a password and the OS is supported."""
+    with connect(host, known_hosts=known_hosts) as connection:
+        sudo = connection.run("sudo -n true", hide=True, warn=True, in_stream=False)
+        if sudo.exited != 0:
+            raise RemoteError(
+                host,
+                f"sudo without a password is refused for {host.user}",
+                f"give {host.user} passwordless sudo (cloud-init does this on devserver VMs)",
+            )
+        release = connection.run("cat /etc/os-release; uname -r", hide=True, warn=True, in_stream=False).stdout
+    fields = dict(line.split("=", 1) for line in release.splitlines() if "=" in line and not line.startswith("#"))
+    os_id = fields.get("ID", "").strip('"')
+    version = fields.get("VERSION_ID", "").strip('"')
+    os_name = SUPPORTED_OS.get((os_id, version))
+    if os_name is None:
+        pretty = fields.get("PRETTY_NAME", f"{os_id} {version}").strip('"')
+        raise RemoteError(
+            host, f"runs {pretty}, which devserver does not support", "use Debian 12, Ubuntu 22.04 or Ubuntu 24.04"
+        )
+    kernel = release.strip().splitlines()[-1]
+    return Preflight(host=host, os=os_name, kernel=kernel)
+
+
+def run_command(host: Host, command: str, *, known_hosts: Path | None = None) -> int:
+    """Run `command` on the host with its output streamed to ours; returns its exit code."""
+    with connect(host, known_hosts=known_hosts) as connection:
+        result = connection.run(command, warn=True, pty=False, in_stream=False)
+        return int(result.exited)
+
+
+# The probe behind `devserver status`: read-only, one round trip, JSON out. python3 is on every supported OS
+# (Ansible needs it too).
+_PROBE = r"""
+import json, os, shutil, subprocess
+def sh(cmd):
+    try:
+        r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=60)
+        return r.returncode, r.stdout.strip()
+    except Exception as exc:
+        return 255, str(exc)
+def pkg(name):
+    rc, out = sh("dpkg-query -W -f='${Status}|${Version}' " + name + " 2>/dev/null")
+    return out.split("|", 1)[1] if rc == 0 and out.startswith("install ok installed") else None
+def pkgs(pattern):
+    rc, out = sh("dpkg-query -W -f='${Package}|${Status}|${Version}\n' '" + pattern + "' 2>/dev/null")
+    return {l.split("|")[0]: l.split("|")[2] for l in out.splitlines() if "install ok installed" in l}
+os_release = dict(l.split("=", 1) for l in open("/etc/os-release").read().splitlines() if "=" in l)
+facts = {
+    "os": {k: os_release.get(k, "").strip('"') for k in ("ID", "VERSION_ID", "PRETTY_NAME")},
+    "kernel": os.uname().release,
+    "kernels_installed": sorted(p.removeprefix("linux-image-") for p in pkgs("linux-image-[0-9]*")),
+    "driver_packages": pkgs("*nvidia-driver*") | pkgs("nvidia-kernel-*") | pkgs("nvidia-open*") | pkgs("cuda-drivers*"),
+    "cuda_packages": pkgs("nvidia-cuda-toolkit") | pkgs("cuda-toolkit-*"),
+    "toolkit": pkg("nvidia-container-toolkit"),
+    "docker": pkg("docker.io") or pkg("docker-ce"),
+    "containerd": pkg("containerd") or pkg("containerd.io"),
+    "dkms": sh("dkms status 2>/dev/null")[1],
+    "nouveau_blacklisted": sh("grep -rqs '^blacklist nouveau' /etc/modprobe.d /usr/lib/modprobe.d")[0] == 0,
+    "persistenced": sh("systemctl is-enabled nvidia-persistenced 2>/dev/null")[1] or None,
+    "docker_runtimes": sh("docker info --format '{{json .Runtimes}}' 2>/dev/null")[1],
+    "containerd_nvidia": sh("containerd config dump 2>/dev/null | grep -c 'runtimes.nvidia'")[1],
+    "nvcc": sh("PATH=$PATH:/usr/local/cuda/bin nvcc --version 2>/dev/null | tail -n 2")[1] or None,
+    "nvidia_smi": sh("nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1")
+    if shutil.which("nvidia-smi") else None,
+    "reboot_required": os.path.exists("/run/reboot-required") or os.path.exists("/var/run/devserver/reboot-required"),
+}
+print(json.dumps(facts))
+"""
+
+
+def probe(host: Host, *, known_hosts: Path | None = None) -> dict[str, Any]:
+    """Read-only facts for `devserver status` (OS, kernel, driver/CUDA/toolkit packages, DKMS, runtimes, GPUs)."""
+    with connect(host, known_hosts=known_hosts) as connection:
+        result = connection.run("sudo -n python3 -", hide=True, warn=True, in_stream=io.StringIO(_PROBE))
+    if result.exited != 0:
+        raise RemoteError(
+            host,
+            f"the status probe failed: {result.stderr.strip()[-300:]}",
+            "check that python3 and sudo work on the host",
+        )
+    facts: dict[str, Any] = json.loads(result.stdout)
+    return facts

@@ -1,0 +1,193 @@
+"""ansible-runner adapter: run the one playbook against hosts and summarise what happened from its events and
+stats (never from its stdout).
+
+Contract: :func:`run_playbook` returns a :class:`RunSummary` for any playbook outcome (failed tasks and unreachable
+hosts included); it raises only for a broken installation (playbook or roles missing).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devserver.targets import Host
+
+# The task the nvidia_driver role runs (a debug message) only when a new driver needs a reboot to load.
+REBOOT_TASK = "nvidia_driver : reboot required"
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One task outcome on one host, as ansible-runner reported it."""
+
+    host: str
+    task: str
+    status: str  # ok | changed | failed | skipped | unreachable
+    message: str = ""
+
+
+@dataclass
+class HostStats:
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    reboot_required: bool = False
+
+
+@dataclass
+class RunSummary:
+    rc: int
+    status: str
+    hosts: dict[str, HostStats] = field(default_factory=dict)
+    changed_tasks: list[TaskEvent] = field(default_factory=list)
+    failures: list[TaskEvent] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.rc == 0
+            and not self.failures
+            and all(h.failed == 0 and h.unreachable == 0 for h in self.hosts.values())
+        )
+
+    @property
+    def changed(self) -> int:
+        return sum(h.changed for h in self.hosts.values())
+
+
+def ansible_root() -> Path:
+    """Folder holding ansible.cfg, playbooks/ and roles/: inside the installed package, or the source checkout."""
+    packaged = Path(__file__).with_name("ansible")
+    if (packaged / "playbooks").is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "playbooks").is_dir():
+        return checkout
+    raise FileNotFoundError("devserver's playbooks/ and roles/ are missing from this installation")
+
+
+def inventory(hosts: Sequence[Host], known_hosts: Path | None) -> dict[str, Any]:
+    """An Ansible inventory for `hosts`. Host keys: accept a new one (fresh VMs), refuse a changed one."""
+    ssh_args = ["-o StrictHostKeyChecking=accept-new", "-o ConnectTimeout=15"]
+    if known_hosts is not None:
+        ssh_args.append(f"-o UserKnownHostsFile={known_hosts}")
+    entries: dict[str, Any] = {}
+    for host in hosts:
+        hostvars: dict[str, Any] = {
+            "ansible_host": host.address,
+            "ansible_user": host.user,
+            "ansible_port": host.port,
+            "ansible_ssh_common_args": " ".join(ssh_args),
+        }
+        if host.key_file is not None:
+            hostvars["ansible_ssh_private_key_file"] = str(host.key_file)
+        entries[host.name] = hostvars
+    return {"all": {"hosts": entries}}
+
+
+def run_playbook(
+    hosts: Sequence[Host],
+    extravars: dict[str, Any],
+    *,
+    check: bool = False,
+    diff: bool = False,
+    tags: Sequence[str] = (),
+    known_hosts: Path | None = None,
+    forks: int = 10,
+    on_event: Callable[[TaskEvent | str], None] | None = None,
+) -> RunSummary:
+    """Run playbooks/devserver.yml on `hosts` (in parallel, up to `forks`). `on_event` receives each task's start
+    (its name, a str) and each outcome (a TaskEvent), for progress display."""
+    import ansible_runner
+
+    root = ansible_root()
+    summary = RunSummary(rc=0, status="")
+
+    def handle(event: dict[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        if kind == "playbook_on_task_start" and on_event is not None:
+            on_event(_task_name(data))
+        outcome = _outcome(kind, data)
+        if outcome is not None:
+            stats = summary.hosts.setdefault(outcome.host, HostStats())
+            if outcome.status == "changed":
+                summary.changed_tasks.append(outcome)
+            if outcome.status in ("failed", "unreachable") and not data.get("ignore_errors"):
+                summary.failures.append(outcome)
+            if outcome.task == REBOOT_TASK and outcome.status in ("ok", "changed"):
+                stats.reboot_required = True
+            if on_event is not None:
+                on_event(outcome)
+        return True  # keep ansible-runner's own artifact record of the event
+
+    with tempfile.TemporaryDirectory(prefix="devserver-run-") as private:
+        envvars = {
+            "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+            "ANSIBLE_ROLES_PATH": str(root / "roles"),
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        }
+        cmdline = " ".join(flag for flag, on in (("--check", check), ("--diff", diff)) if on)
+        # ansible-runner starts ansible-playbook from PATH: make it the one installed beside this interpreter.
+        envvars["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        result = ansible_runner.run(
+            private_data_dir=private,
+            playbook=str(root / "playbooks" / "devserver.yml"),
+            inventory=inventory(hosts, known_hosts),
+            extravars=extravars,
+            envvars=envvars,
+            cmdline=cmdline or None,
+            tags=",".join(tags) or None,
+            forks=forks,
+            quiet=True,
+            event_handler=handle,
+        )
+        summary.rc = int(result.rc)
+        summary.status = str(result.status)
+        _merge_stats(summary, result.stats or {})
+    return summary
+
+
+def _task_name(data: dict[str, Any]) -> str:
+    """'role : task' as Ansible prints it; ansible-runner reports the role and the task name in separate fields."""
+    task = str(data.get("task", ""))
+    role = data.get("role")
+    return f"{role} : {task}" if role else task
+
+
+def _outcome(kind: str, data: dict[str, Any]) -> TaskEvent | None:
+    host = str(data.get("host", ""))
+    task = _task_name(data)
+    res = data.get("res", {}) if isinstance(data.get("res"), dict) else {}
+    if kind == "runner_on_ok":
+        return TaskEvent(host, task, "changed" if res.get("changed") else "ok", str(res.get("msg", "")))
+    if kind == "runner_on_failed":
+        message = res.get("msg") or res.get("stderr") or res.get("stdout") or ""
+        return TaskEvent(host, task, "failed", str(message).strip()[-2000:])
+    if kind == "runner_on_unreachable":
+        return TaskEvent(host, task, "unreachable", str(res.get("msg", "")).strip())
+    if kind == "runner_on_skipped":
+        return TaskEvent(host, task, "skipped")
+    return None
+
+
+def _merge_stats(summary: RunSummary, stats: dict[str, Any]) -> None:
+    """Per-host counts from the playbook_on_stats record (the authoritative totals)."""
+    for key, attr in (
+        ("ok", "ok"),
+        ("changed", "changed"),
+        ("failures", "failed"),
+        ("dark", "unreachable"),
+        ("skipped", "skipped"),
+    ):
+        for host, count in (stats.get(key) or {}).items():
+            setattr(summary.hosts.setdefault(host, HostStats()), attr, int(count))

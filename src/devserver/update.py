@@ -1,0 +1,173 @@
+"""`devserver update` and `devserver status`: bring live hosts to the spec, and report how far they are from it.
+
+Orchestration only: targets come from :mod:`devserver.targets`, SSH from :mod:`devserver.remote`, the playbook run
+from :mod:`devserver.runner`, the role variables from :mod:`devserver.ansible_vars`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devserver.errors import Problem, SpecError
+from devserver.plan import Resolved
+from devserver.remote import Preflight, RemoteError, preflight, probe
+from devserver.runner import RunSummary, TaskEvent, ansible_root, run_playbook
+from devserver.targets import Host
+
+PHASES = ("install", "configure")
+
+
+def roles() -> list[str]:
+    """The roles the playbook applies, in its order."""
+    import yaml
+
+    playbook = yaml.safe_load((ansible_root() / "playbooks" / "devserver.yml").read_text())
+    names: list[str] = []
+    for play in playbook:
+        for entry in play.get("roles", []):
+            names.append(entry["role"] if isinstance(entry, dict) else str(entry))
+    return names
+
+
+def tags_for(only: Sequence[str]) -> list[str]:
+    """`--only ROLE[:install|configure]` → playbook tags; raises SpecError naming the bad value."""
+    known = roles()
+    tags = []
+    for item in only:
+        role, _, phase = item.partition(":")
+        if role not in known:
+            raise SpecError(
+                "--only",
+                [Problem("--only", "is not a role of the playbook", f"use one of {', '.join(known)}", repr(item))],
+            )
+        if phase and phase not in PHASES:
+            raise SpecError(
+                "--only",
+                [
+                    Problem(
+                        "--only",
+                        f"phase {phase!r} is not install or configure",
+                        f"write {role}:install or {role}:configure",
+                        repr(item),
+                    )
+                ],
+            )
+        tags.append(f"{role}_{phase}" if phase else role)
+    return tags
+
+
+def check_hosts(hosts: Sequence[Host], resolved: Resolved, known_hosts: Path | None) -> list[Preflight]:
+    """Preflight every host in parallel: reachable, passwordless sudo, supported OS equal to the spec's."""
+
+    def one(host: Host) -> Preflight | RemoteError:
+        try:
+            return preflight(host, known_hosts=known_hosts)
+        except RemoteError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+        results = list(pool.map(one, hosts))
+    problems = []
+    for result in results:
+        if isinstance(result, RemoteError):
+            problems.append(Problem(result.host.name, result.message, result.fix))
+        elif result.os != resolved.spec.os:
+            problems.append(
+                Problem(
+                    result.host.name,
+                    f"runs {result.os} but the spec says os: {resolved.spec.os}",
+                    f"set os: {result.os} in the spec, or target a {resolved.spec.os} host",
+                )
+            )
+    if problems:
+        raise HostsError(problems)
+    return [r for r in results if isinstance(r, Preflight)]
+
+
+class HostsError(Exception):
+    """One or more hosts failed the preflight; nothing was changed on any host."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(p.render() for p in problems))
+        self.problems = problems
+
+
+def update(
+    hosts: Sequence[Host],
+    resolved: Resolved,
+    *,
+    check: bool,
+    diff: bool,
+    only: Sequence[str],
+    data_device: str | None,
+    known_hosts: Path | None,
+    on_event: Callable[[TaskEvent | str], None] | None = None,
+) -> RunSummary:
+    """Preflight all hosts, then run the playbook on all of them with the spec's variables."""
+    from devserver.ansible_vars import role_vars
+
+    tags = tags_for(only)
+    check_hosts(hosts, resolved, known_hosts)
+    extravars = role_vars(resolved, data_device=data_device)
+    return run_playbook(hosts, extravars, check=check, diff=diff, tags=tags, known_hosts=known_hosts, on_event=on_event)
+
+
+@dataclass(frozen=True)
+class Drift:
+    item: str
+    want: str
+    have: str
+
+
+def status(host: Host, resolved: Resolved, known_hosts: Path | None) -> tuple[dict[str, Any], list[Drift]]:
+    """Facts read from the host, and every difference from what the spec resolves to."""
+    facts = probe(host, known_hosts=known_hosts)
+    return facts, drift(facts, resolved)
+
+
+def drift(facts: dict[str, Any], resolved: Resolved) -> list[Drift]:
+    """Compare probed facts with the resolved spec (pure: tested without a host)."""
+    spec = resolved.spec
+    out: list[Drift] = []
+    os_name = f"{facts['os']['ID']}-{facts['os']['VERSION_ID']}"
+    if os_name != spec.os:
+        out.append(Drift("os", spec.os, os_name))
+    driver_versions = sorted(set(facts.get("driver_packages", {}).values()))
+    branch = str(resolved.driver_branch)
+    if not driver_versions:
+        out.append(Drift("nvidia driver", f"branch {branch}", "not installed"))
+    elif not all(v.split(":")[-1].startswith(branch + ".") for v in driver_versions):
+        out.append(Drift("nvidia driver", f"branch {branch}", ", ".join(driver_versions)))
+    if driver_versions:
+        dkms = str(facts.get("dkms", ""))
+        for kernel in facts.get("kernels_installed", []):
+            if not any(kernel in line and "installed" in line for line in dkms.splitlines()):
+                out.append(Drift(f"dkms module for {kernel}", "installed", "missing"))
+        if not facts.get("nouveau_blacklisted"):
+            out.append(Drift("nouveau", "blacklisted", "not blacklisted"))
+        if facts.get("persistenced") != "enabled":
+            out.append(Drift("nvidia-persistenced", "enabled", str(facts.get("persistenced"))))
+    if resolved.cuda is not None:
+        nvcc = str(facts.get("nvcc") or "")
+        if f"release {resolved.cuda}" not in nvcc:
+            out.append(Drift("cuda", resolved.cuda, nvcc.splitlines()[-1] if nvcc else "not installed"))
+    runtime = spec.software.container_runtime
+    if runtime != "none":
+        toolkit = str(facts.get("toolkit") or "")
+        if not toolkit.startswith(spec.software.container_toolkit):
+            out.append(Drift("nvidia-container-toolkit", spec.software.container_toolkit, toolkit or "not installed"))
+    if runtime in ("docker", "both"):
+        if not facts.get("docker"):
+            out.append(Drift("docker", "installed", "not installed"))
+        elif "nvidia" not in str(facts.get("docker_runtimes", "")):
+            out.append(Drift("docker runtime nvidia", "registered", "missing"))
+    if runtime in ("containerd", "both"):
+        if not facts.get("containerd"):
+            out.append(Drift("containerd", "installed", "not installed"))
+        elif str(facts.get("containerd_nvidia", "0")).strip() in ("", "0"):
+            out.append(Drift("containerd runtime nvidia", "registered", "missing"))
+    return out
