@@ -133,7 +133,9 @@ facts = {
     "os": {k: os_release.get(k, "").strip('"') for k in ("ID", "VERSION_ID", "PRETTY_NAME")},
     "kernel": os.uname().release,
     "kernels_installed": sorted(p.removeprefix("linux-image-") for p in pkgs("linux-image-[0-9]*")),
-    "driver_packages": pkgs("*nvidia-driver*") | pkgs("nvidia-kernel-*") | pkgs("nvidia-open*") | pkgs("cuda-drivers*"),
+    # only the packages that carry the driver version (not nvidia-kernel-common, CUDA's nvidia-* libraries...)
+    "driver_packages": pkgs("nvidia-driver") | pkgs("nvidia-driver-[0-9]*") | pkgs("nvidia-kernel-dkms")
+    | pkgs("nvidia-open-kernel-dkms") | pkgs("nvidia-dkms-[0-9]*") | pkgs("cuda-drivers-[0-9]*"),
     "cuda_packages": pkgs("nvidia-cuda-toolkit") | pkgs("cuda-toolkit-*"),
     "toolkit": pkg("nvidia-container-toolkit"),
     "docker": pkg("docker.io") or pkg("docker-ce"),

@@ -1,0 +1,155 @@
+"""`devserver update` and `devserver status` end to end, on a booted Debian 12 test host over real SSH.
+
+The real Debian `nvidia-driver` (DKMS build for the host's installed kernel), `nvidia-cuda-toolkit`, docker.io and
+containerd come from Debian's archive through the host's apt-cacher-ng — which the spec's `repositories.apt_proxy`
+points at, so this also proves the proxy setting. NVIDIA's container-toolkit repository is unreachable here: the
+`nvidia_fixture_repo` fixture stands in for it (a local apt repository signed with a key the test generates).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import testhost as th
+from tests.support.fixture_repo import FixtureRepo
+
+REPO = Path(__file__).resolve().parents[2]
+# What a user already had in /etc/docker/daemon.json before devserver: must survive the merge.
+# The networking keys are also what lets dockerd start inside the nspawn test host, which has no CAP_NET_ADMIN.
+EXISTING_DAEMON_JSON = {
+    "log-driver": "local",
+    "registry-mirrors": ["http://127.0.0.1:5000"],
+    "iptables": False,
+    "ip-forward": False,
+    "bridge": "none",
+}
+
+
+def write_spec(tmp_path: Path, host: th.TestHost, repo: FixtureRepo, **software: Any) -> Path:
+    spec = yaml.safe_load((REPO / "examples" / "local.yaml").read_text())
+    spec["disks"]["data"] = {"size_gb": 2, "mount_point": "/data", "docker_data_root": True}
+    spec["repositories"] = {
+        "apt_proxy": host.apt_proxy,
+        # apt-cacher-ng refuses to pass key files through; the fixture repo is reached directly.
+        "apt_proxy_bypass": [host.host_address],
+        "container_toolkit_repo": repo.toolkit_url,
+        "container_toolkit_key_url": repo.key_url,
+        "container_toolkit_key_fingerprint": repo.fingerprint,
+    }
+    spec["software"].update(software)
+    path = tmp_path / "devserver.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def devserver(host: th.TestHost, spec: Path, *args: str, command: str = "update") -> tuple[int, dict[str, Any]]:
+    """Run the real CLI as a user would, against the host; returns (exit code, its --json output)."""
+    argv = [
+        sys.executable, "-m", "devserver", command, f"{host.user}@{host.address}", "--spec", str(spec),
+        "--key", str(host.private_key), "--known-hosts", str(host.known_hosts), "--json", *args,
+    ]  # fmt: skip
+    if command == "update":
+        argv += ["--data-device", host.data_device]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=3000, check=False)
+    try:
+        payload = json.loads(result.stdout)
+    except ValueError:
+        pytest.fail(
+            f"devserver {command} printed no JSON (rc {result.returncode}):\n{result.stdout[-3000:]}\n"
+            f"{result.stderr[-3000:]}"
+        )
+    return result.returncode, payload
+
+
+def test_update_converges_then_is_idempotent(
+    testhost: th.TestHost, nvidia_fixture_repo: FixtureRepo, tmp_path: Path
+) -> None:
+    host = testhost
+    repo = nvidia_fixture_repo
+    host.ssh(
+        "sudo mkdir -p /etc/docker && echo "
+        + _quote(json.dumps(EXISTING_DAEMON_JSON))
+        + " | sudo tee /etc/docker/daemon.json >/dev/null"
+    )
+    spec = write_spec(tmp_path, host, repo)
+
+    rc, first = devserver(host, spec)
+    assert rc == 0, json.dumps(first["failures"], indent=1)[-6000:]
+    assert first["hosts"][host.address]["changed"] > 0
+    assert first["reboot_required"] == [host.address]  # a new driver on a running host needs a reboot
+
+    # The real driver, built by DKMS for the host's installed kernel.
+    kernel = host.ssh("dpkg-query -W -f='${Package}\\n' 'linux-image-[0-9]*' | sed 's/^linux-image-//'").stdout
+    kernel = kernel.split()[0]
+    dkms = host.ssh("sudo dkms status").stdout
+    assert f"{kernel}, x86_64: installed" in dkms, dkms
+    # Debian renames the module nvidia-current.ko (NVIDIA's packages: nvidia.ko)
+    modules = host.ssh(f"find /lib/modules/{kernel}/updates/dkms -name 'nvidia*.ko*'").stdout.split()
+    assert any(Path(m).name.split(".")[0] in ("nvidia-current", "nvidia") for m in modules), modules
+    version = host.ssh("dpkg-query -W -f='${Version}' nvidia-driver").stdout
+    assert version.startswith("535."), version
+    assert "release 11.8" in host.ssh("nvcc --version").stdout
+
+    # nouveau blacklisted, and the blacklist is inside the initramfs the host boots.
+    initrd = host.ssh(f"sudo lsinitramfs /boot/initrd.img-{kernel}").stdout
+    conf = [line for line in initrd.splitlines() if line.startswith("etc/modprobe.d/")]
+    listed = host.ssh(
+        "sudo sh -c 'unmkinitramfs /boot/initrd.img-" + kernel + " /tmp/ird && "
+        "cat /tmp/ird/main/etc/modprobe.d/*.conf /tmp/ird/etc/modprobe.d/*.conf 2>/dev/null'",
+        check=False,
+    ).stdout
+    assert conf, "no modprobe.d configuration in the initramfs"
+    assert "blacklist nouveau" in listed
+
+    # Docker and containerd running with the nvidia runtime registered, earlier settings kept.
+    daemon = json.loads(host.ssh("sudo cat /etc/docker/daemon.json").stdout)
+    for key, value in EXISTING_DAEMON_JSON.items():
+        assert daemon[key] == value
+    assert daemon["runtimes"]["nvidia"]["path"].endswith("nvidia-container-runtime")
+    runtimes = json.loads(host.ssh("sudo docker info --format '{{json .Runtimes}}'").stdout)
+    assert "nvidia" in runtimes
+    assert host.ssh("systemctl is-active containerd").stdout.strip() == "active"
+    assert "runtimes.nvidia" in host.ssh("sudo containerd config dump").stdout
+
+    # The data volume: mounted by UUID from fstab, Docker's data-root on it.
+    uuid = host.ssh(f"sudo blkid -s UUID -o value {host.data_device}").stdout.strip()
+    assert uuid
+    assert f"UUID={uuid} /data " in host.ssh("cat /etc/fstab").stdout
+    assert host.ssh("findmnt -n -o SOURCE /data").stdout.strip() == host.data_device
+    assert host.ssh("sudo docker info --format '{{.DockerRootDir}}'").stdout.strip() == "/data/docker"
+
+    # Day 2: the same update again changes nothing.
+    rc, second = devserver(host, spec)
+    assert rc == 0, json.dumps(second["failures"], indent=1)[-6000:]
+    assert second["hosts"][host.address]["changed"] == 0, second["changed_tasks"]
+
+
+def test_check_mode_on_fresh_host_changes_nothing(
+    testhost: th.TestHost, nvidia_fixture_repo: FixtureRepo, tmp_path: Path
+) -> None:
+    host = testhost
+    spec = write_spec(tmp_path, host, nvidia_fixture_repo)
+    before = host.ssh(
+        "dpkg-query -W -f='${Package}\\n' | sort | sha256sum; sudo find /etc -newer /etc/hostname "
+        "-type f | sort | sha256sum"
+    ).stdout
+    rc, result = devserver(host, spec, "--check")
+    assert rc == 0, json.dumps(result["failures"], indent=1)[-6000:]
+    assert result["check"] is True
+    assert result["hosts"][host.address]["changed"] > 0  # it reports what it would do
+    after = host.ssh(
+        "dpkg-query -W -f='${Package}\\n' | sort | sha256sum; sudo find /etc -newer /etc/hostname "
+        "-type f | sort | sha256sum"
+    ).stdout
+    assert before == after, "check mode changed packages or files under /etc"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
