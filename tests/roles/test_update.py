@@ -49,20 +49,19 @@ def write_spec(tmp_path: Path, host: th.TestHost, repo: FixtureRepo, **software:
     return path
 
 
-def devserver(host: th.TestHost, spec: Path, *args: str, command: str = "update") -> tuple[int, dict[str, Any]]:
+def devserver(host: th.TestHost, spec: Path, *args: str) -> tuple[int, dict[str, Any]]:
     """Run the real CLI as a user would, against the host; returns (exit code, its --json output)."""
     argv = [
-        sys.executable, "-m", "devserver", command, f"{host.user}@{host.address}", "--spec", str(spec),
+        sys.executable, "-m", "devserver", "update", f"{host.user}@{host.address}", "--spec", str(spec),
         "--key", str(host.private_key), "--known-hosts", str(host.known_hosts), "--json", *args,
     ]  # fmt: skip
-    if command == "update":
-        argv += ["--data-device", host.data_device]
+    argv += ["--data-device", host.data_device]
     result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=3000, check=False)
     try:
         payload = json.loads(result.stdout)
     except ValueError:
         pytest.fail(
-            f"devserver {command} printed no JSON (rc {result.returncode}):\n{result.stdout[-3000:]}\n"
+            f"devserver update printed no JSON (rc {result.returncode}):\n{result.stdout[-3000:]}\n"
             f"{result.stderr[-3000:]}"
         )
     return result.returncode, payload
