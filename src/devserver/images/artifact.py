@@ -1,0 +1,144 @@
+"""The image artifact: a folder holding the disk in its target's format(s) and ``manifest.json``.
+
+This is the contract between the image builders (which write artifacts) and the uploaders (which read them):
+
+* ``<artifact>/manifest.json`` — a :class:`Manifest`;
+* the disk files it lists, by path relative to the folder. ``disks[0]`` is the one the target's upload uses; the
+  others are alternatives (AWS: a streamOptimized VMDK beside the raw disk).
+
+Which files each target gets is fixed by :data:`TARGET_FORMATS`. :func:`load_manifest` is the one reader: it turns
+a missing, unreadable or corrupt manifest, or one whose files are missing, into an :class:`ArtifactError` that says
+what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Target = Literal["gce", "azure", "aws", "openstack", "local"]
+DiskFormat = Literal["raw", "qcow2", "vhd-fixed", "vmdk-stream", "gce-tar"]
+Firmware = Literal["bios", "uefi"]
+Builder = Literal["chroot", "qemu", "cloud"]
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+
+# target -> (format, file name) in upload order: the first is what `devserver image upload` sends.
+TARGET_FORMATS: dict[str, tuple[tuple[DiskFormat, str], ...]] = {
+    # GCE imports a tar.gz holding one file named disk.raw, written in oldgnu format with sparse files.
+    "gce": (("gce-tar", "disk.raw.tar.gz"),),
+    # Azure takes a fixed VHD (raw data + 512-byte footer), virtual size a whole MiB, as a page blob.
+    "azure": (("vhd-fixed", "disk.vhd"),),
+    # EBS direct API snapshots take raw blocks; VM Import takes a streamOptimized VMDK.
+    "aws": (("raw", "disk.raw"), ("vmdk-stream", "disk.vmdk")),
+    "openstack": (("qcow2", "disk.qcow2"),),
+    "local": (("qcow2", "disk.qcow2"),),
+}
+
+
+class ArtifactError(Exception):
+    """An artifact that cannot be used, with what is wrong and the fix (rendered as one error line, exit 2)."""
+
+    def __init__(self, where: str, message: str, fix: str) -> None:
+        super().__init__(f"{where}: {message} — fix: {fix}")
+        self.where = where
+        self.message = message
+        self.fix = fix
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DiskFile(_Model):
+    """One disk file of an artifact."""
+
+    path: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="File name inside the artifact folder.")
+    format: DiskFormat
+    virtual_size: int = Field(gt=0, description="Bytes of the disk as a machine sees it.")
+    allocated: int = Field(ge=0, description="Bytes of the raw disk that hold data (not holes or zero blocks).")
+    file_size: int = Field(gt=0, description="Bytes of this file (its apparent size).")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Of this file's bytes.")
+
+
+class Manifest(_Model):
+    """What an artifact is, how it was made, and from which inputs."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$", description="Image name: <spec name>-<hash12>.")
+    family: str = Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$", description="Image family: the spec's name.")
+    target: Target
+    distro: str
+    builder: Builder
+    inputs_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 over base, roles, vars and versions.")
+    firmware: tuple[Firmware, ...] = Field(min_length=1, description="Boot modes the disk supports.")
+    hyperv_generation: Literal["V1", "V2"] | None = Field(default=None, description="Azure only.")
+    disks: tuple[DiskFile, ...] = Field(min_length=1)
+    components: dict[str, str] = Field(default_factory=dict, description="Versions read from the image.")
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per build phase.")
+    created: str = Field(description="UTC time of the build, ISO 8601.")
+
+    @property
+    def primary(self) -> DiskFile:
+        """The disk file the target's upload sends."""
+        return self.disks[0]
+
+    def disk(self, fmt: DiskFormat) -> DiskFile | None:
+        return next((d for d in self.disks if d.format == fmt), None)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write `manifest` into `folder` atomically (a reader never sees half a manifest)."""
+    path = folder / MANIFEST
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(manifest.model_dump_json(indent=2) + "\n")
+    partial.replace(path)
+    return path
+
+
+def load_manifest(folder: Path) -> Manifest:
+    """Read and check ``folder/manifest.json``, and that every disk it lists is there at its recorded size.
+
+    Raises :class:`ArtifactError` for anything wrong; never another exception for any file content.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise ArtifactError(str(folder), what, "give the artifact folder that `devserver image build` printed")
+    path = folder / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(
+            str(folder), "has no manifest.json: not an image artifact", "build one with `devserver image build`"
+        ) from None
+    except OSError as exc:
+        raise ArtifactError(str(path), f"cannot be read ({exc.strerror})", "check its permissions") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(str(path), f"is not valid JSON ({exc})", "rebuild the artifact (--force)") from None
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ArtifactError(
+            str(path), f"field {field}: {first['msg']} ({exc.error_count()} problem(s))", "rebuild the artifact"
+        ) from None
+    for disk in manifest.disks:
+        file = folder / disk.path
+        if not file.is_file():
+            raise ArtifactError(str(file), "is listed in the manifest but missing", "rebuild the artifact (--force)")
+        size = file.stat().st_size
+        if size != disk.file_size:
+            raise ArtifactError(
+                str(file),
+                f"is {size} bytes, the manifest says {disk.file_size} (truncated or replaced?)",
+                "rebuild the artifact (--force)",
+            )
+    return manifest
