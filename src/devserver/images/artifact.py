@@ -81,6 +81,9 @@ class Manifest(_Model):
     components: dict[str, str] = Field(default_factory=dict, description="Versions read from the image.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per build phase.")
     created: str = Field(description="UTC time of the build, ISO 8601.")
+    spec_file: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9._-]+$", description="The spec the image was built from, in the folder."
+    )
 
     @property
     def primary(self) -> DiskFile:
