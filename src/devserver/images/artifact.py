@@ -25,7 +25,7 @@ Firmware = Literal["bios", "uefi"]
 Builder = Literal["chroot", "qemu", "cloud"]
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 # target -> (format, file name) in upload order: the first is what `devserver image upload` sends.
 TARGET_FORMATS: dict[str, tuple[tuple[DiskFormat, str], ...]] = {
