@@ -181,6 +181,12 @@ def exec_(
     hosts.run_shell(target, command, key, _known_hosts(known_hosts), spec)
 
 
+# `devserver image …` (its module imports only Typer at start-up, like this one)
+from devserver.cli.image import image_app  # noqa: E402
+
+app.add_typer(image_app, name="image")
+
+
 def run() -> None:
     """Console-script entry point."""
     app()

@@ -14,6 +14,7 @@ what is wrong and how to fix it.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Literal
 
@@ -145,3 +146,22 @@ def load_manifest(folder: Path) -> Manifest:
                 "rebuild the artifact (--force)",
             )
     return manifest
+
+
+def bootable_disk(folder: Path, manifest: Manifest, work: Path) -> Path:
+    """A disk file of the artifact that qemu can boot: qcow2, raw or VHD as they are; the GCE tar's disk.raw
+    unpacked (sparse) into `work`. Raises :class:`ArtifactError` when the artifact has none."""
+    for fmt in ("qcow2", "raw", "vhd-fixed"):
+        disk = manifest.disk(fmt)  # type: ignore[arg-type]
+        if disk is not None:
+            return folder / disk.path
+    tar = manifest.disk("gce-tar")
+    if tar is None:
+        raise ArtifactError(str(folder), "has no disk qemu can boot", "rebuild it (--force)")
+    proc = subprocess.run(
+        ["tar", "--extract", "--sparse", "-f", str(folder / tar.path), "-C", str(work), "disk.raw"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise ArtifactError(str(folder / tar.path), f"cannot be unpacked: {proc.stderr.strip()}", "rebuild it")
+    return work / "disk.raw"

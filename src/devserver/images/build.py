@@ -1,0 +1,313 @@
+"""Build an image artifact from a spec: base rootfs → the playbooks → disk → the target's formats → manifest.
+
+The chroot builder runs in two stages so that one spec serves every target cheaply:
+
+1. **provision** — the base rootfs with ``playbooks/devserver.yml`` applied in image mode (driver + DKMS, CUDA,
+   container runtimes). It depends on the base, the roles and the spec's role variables, not on the target, and is
+   cached as a tarball keyed by :func:`provision_key`.
+2. **finish** — ``playbooks/image.yml`` for the target (cloud_guest → image_generalize → image_validate) on a copy of
+   the provisioned tree, then the disk and its formats.
+
+Contracts:
+
+* :func:`inputs_hash` is a sha256 over everything that decides the artifact's bytes: the base recipe and mirrors,
+  the playbooks and roles (file contents), the role variables, the target, the builder, and the image code itself.
+  :func:`build` returns at once (``skipped=True``) when the artifact folder for that hash holds a valid manifest,
+  unless ``force``.
+* An artifact folder appears complete or not at all (built in a staging folder, then renamed). Whatever happens —
+  a failed task, SIGINT — the work folder is removed and the chroot's mounts are undone (by
+  :func:`devserver.images.chroot.prepared`) before :func:`build` returns or raises.
+* Failures raise :class:`BuildError` naming the phase, what failed and where its log is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from devserver import ansible_vars
+from devserver.images import artifact
+from devserver.images.artifact import Builder, DiskFile, Manifest, Target
+from devserver.plan import Resolved
+from devserver.runner import RunSummary, TaskEvent, ansible_root
+
+# Bump when the build recipe changes in a way the hashed inputs below do not capture.
+RECIPE_VERSION = "1"
+# Where image_validate leaves the versions it read from the image (copied into manifest.components).
+COMPONENTS_FILE = "var/lib/devserver/image-components.json"
+# Provisioned trees kept in the cache (most recently used first); each is a few GiB.
+KEEP_PROVISIONED = 3
+
+ProgressFn = Callable[[str, "str | TaskEvent"], None]
+"""Called with (phase, what): a phase's start (what = a description), a task start (its name) or outcome."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    target: Target
+    out_dir: Path
+    cache_dir: Path
+    builder: Builder = "chroot"
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    folder: Path
+    manifest: Manifest
+    skipped: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class BuildError(Exception):
+    """A build that failed: the phase, what went wrong, and where to look."""
+
+    def __init__(self, phase: str, message: str, log: Path | None = None) -> None:
+        super().__init__(f"{phase}: {message}" + (f" (log: {log})" if log else ""))
+        self.phase = phase
+        self.message = message
+        self.log = log
+
+
+def _tree_hash(root: Path, parts: tuple[str, ...]) -> str:
+    """sha256 over the relative paths and contents of every file under `root`/`parts` (sorted, caches skipped)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        base = root / part
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for path in files:
+            if "__pycache__" in path.parts or path.suffix == ".pyc":
+                continue
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def provision_vars(resolved: Resolved) -> dict[str, object]:
+    """The variables of the provision stage: the spec's role variables in image mode."""
+    return ansible_vars.role_vars(resolved, image_mode=True)
+
+
+def finish_vars(resolved: Resolved, target: Target) -> dict[str, object]:
+    """The variables of the finish stage (image.yml): the provision variables plus the image roles' own."""
+    return provision_vars(resolved) | ansible_vars.image_role_vars(resolved, target)
+
+
+def provision_key(resolved: Resolved) -> str:
+    """Cache key of the provisioned tree: base inputs, playbooks and roles, role variables."""
+    from devserver.images import base
+
+    root = ansible_root()
+    return _digest(
+        {
+            "recipe": RECIPE_VERSION,
+            "base": base.base_key(base.BaseSpec.from_spec(resolved.spec)),
+            "ansible": _tree_hash(root, ("ansible.cfg", "playbooks", "roles", "plugins")),
+            "vars": provision_vars(resolved),
+        }
+    )
+
+
+def inputs_hash(resolved: Resolved, target: Target, builder: Builder) -> str:
+    """The artifact's identity: same hash, same image (see the module docstring)."""
+    images_code = Path(__file__).parent
+    return _digest(
+        {
+            "provision": provision_key(resolved),
+            "target": target,
+            "builder": builder,
+            "vars": finish_vars(resolved, target),
+            "formats": artifact.TARGET_FORMATS[target],
+            "code": _tree_hash(images_code, tuple(sorted(p.name for p in images_code.glob("*.py")))),
+        }
+    )
+
+
+def artifact_folder(resolved: Resolved, options: BuildOptions, key: str) -> Path:
+    return options.out_dir / f"{resolved.spec.name}-{options.target}-{key[:12]}"
+
+
+def existing(folder: Path, key: str) -> Manifest | None:
+    """The manifest of a complete artifact for `key` in `folder`, or None (absent, corrupt or other inputs)."""
+    try:
+        manifest = artifact.load_manifest(folder)
+    except artifact.ArtifactError:
+        return None
+    return manifest if manifest.inputs_hash == key else None
+
+
+def build(resolved: Resolved, options: BuildOptions, progress: ProgressFn | None = None) -> BuildResult:
+    """Build (or find) the artifact of `resolved` for `options.target`. See the module docstring."""
+    report: ProgressFn = progress or (lambda _phase, _what: None)
+    key = inputs_hash(resolved, options.target, options.builder)
+    folder = artifact_folder(resolved, options, key)
+    if not options.force and (found := existing(folder, key)) is not None:
+        return BuildResult(folder, found, skipped=True)
+    if options.builder != "chroot":
+        raise BuildError("build", f"the {options.builder} builder is run through devserver.images.packer")
+
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    with _workspace(options.out_dir, key) as work:
+        rootfs = work / "rootfs"
+        with _phase(timings, "provision", report, "base rootfs and playbooks/devserver.yml (image mode)"):
+            _provisioned_tree(resolved, options.cache_dir, rootfs, work, report, timings)
+        with _phase(timings, "finish", report, f"playbooks/image.yml for {options.target}"):
+            _run(rootfs, "image.yml", finish_vars(resolved, options.target), "finish", report, work)
+            components = _components(rootfs)
+        from devserver.images import disk, formats
+
+        staging = work / "artifact"
+        staging.mkdir()
+        with _phase(timings, "disk", report, "GPT disk, BIOS + UEFI boot, ext4 root"):
+            raw = work / "disk.raw"
+            layout = disk.assemble(rootfs, raw)
+            shutil.rmtree(rootfs)  # the disk holds it now; frees the space before the formats are written
+        with _phase(timings, "formats", report, ", ".join(f for f, _ in artifact.TARGET_FORMATS[options.target])):
+            files: list[DiskFile] = formats.write_formats(raw, options.target, staging)
+        (staging / "spec.yaml").write_text(yaml.safe_dump(resolved.spec.model_dump(mode="json"), sort_keys=False))
+        manifest = Manifest(
+            name=f"{resolved.spec.name}-{key[:12]}",
+            family=resolved.spec.name,
+            target=options.target,
+            distro=resolved.spec.os,
+            builder=options.builder,
+            inputs_hash=key,
+            firmware=tuple(layout.firmware),  # type: ignore[arg-type]  # disk.assemble writes only bios/uefi
+            hyperv_generation=_hyperv_generation(resolved, options.target),
+            disks=tuple(files),
+            components=components,
+            timings={name: round(seconds, 1) for name, seconds in timings.items()},
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            spec_file="spec.yaml",
+        )
+        artifact.write_manifest(staging, manifest)
+        if folder.exists():
+            shutil.rmtree(folder)  # an older, incomplete or forced-over build of the same inputs
+        staging.rename(folder)
+    return BuildResult(folder, manifest, skipped=False, timings=manifest.timings)
+
+
+def _hyperv_generation(resolved: Resolved, target: Target) -> str | None:
+    """Azure's image generation: the machine's (from the catalog), gen2 when the spec is not for Azure."""
+    if target != "azure":
+        return None
+    machine = resolved.machine if resolved.spec.cloud.provider == "azure" else None
+    generation = machine.hyperv_generation if machine is not None and machine.hyperv_generation else 2
+    return f"V{generation}"
+
+
+@contextlib.contextmanager
+def _phase(timings: dict[str, float], name: str, report: ProgressFn, what: str) -> Iterator[None]:
+    report(name, what)
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.monotonic() - started
+
+
+@contextlib.contextmanager
+def _workspace(out_dir: Path, key: str) -> Iterator[Path]:
+    """A work folder beside the artifacts (same filesystem: the final rename is atomic); always removed."""
+    work = out_dir / f".work-{key[:12]}-{os.getpid()}"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        yield work
+    finally:
+        # Never recurse into a mount: a bind-mounted /dev or /sys left by a failed unmount would be the host's.
+        if mounted := _mounts_under(work):
+            raise BuildError("cleanup", f"still mounted, work folder {work} kept: {', '.join(mounted)}")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points at or below `path` in this mount namespace."""
+    prefix = str(path.resolve())
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")
+        if point == prefix or point.startswith(prefix + "/"):
+            points.append(point)
+    return points
+
+
+def _provisioned_tree(
+    resolved: Resolved, cache_dir: Path, rootfs: Path, work: Path, report: ProgressFn, timings: dict[str, float]
+) -> None:
+    """Fill `rootfs` with the provisioned tree: from the cache, or built (base + devserver.yml) and cached."""
+    from devserver.images import base
+
+    cached = cache_dir / "provisioned" / f"{provision_key(resolved)[:24]}.tar.zst"
+    if cached.is_file():
+        report("provision", f"cached provisioned tree {cached.name}")
+        base.extract(cached, rootfs)
+        os.utime(cached)  # most recently used: kept by the pruning below
+        return
+    started = time.monotonic()
+    tarball = base.build_base(base.BaseSpec.from_spec(resolved.spec), cache_dir, log=work / "base.log")
+    timings["base"] = time.monotonic() - started
+    base.extract(tarball, rootfs)
+    _run(rootfs, "devserver.yml", provision_vars(resolved), "provision", report, work)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_name(f"{cached.name}.partial-{os.getpid()}")
+    try:
+        _tar(rootfs, partial)
+        partial.replace(cached)
+    finally:
+        partial.unlink(missing_ok=True)
+    for old in sorted(cached.parent.glob("*.tar.zst"), key=lambda p: p.stat().st_mtime, reverse=True)[
+        KEEP_PROVISIONED:
+    ]:
+        old.unlink(missing_ok=True)
+
+
+def _tar(rootfs: Path, out: Path) -> None:
+    argv = ["tar", "--create", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "--sparse"]
+    argv += ["--use-compress-program=zstd -T0 -3", "-f", str(out), "-C", str(rootfs), "."]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError("provision", f"could not cache the provisioned tree: {proc.stderr.strip()[-500:]}")
+
+
+def _run(rootfs: Path, playbook: str, extravars: dict[str, object], phase: str, report: ProgressFn, work: Path) -> None:
+    from devserver.images import chroot
+
+    def relay(event: TaskEvent | str) -> None:
+        report(phase, event)
+
+    summary: RunSummary = chroot.run_playbook(rootfs, playbook, extravars, on_event=relay)
+    if not summary.ok:
+        log = work.parent / f"{work.name.removeprefix('.work-')}-{phase}-failed.json"
+        failures = [{"task": f.task, "message": f.message} for f in summary.failures]
+        log.write_text(json.dumps({"playbook": playbook, "failures": failures}, indent=2) + "\n")
+        first = summary.failures[0] if summary.failures else None
+        detail = f"task '{first.task}' failed: {first.message}" if first else f"ansible status {summary.status}"
+        raise BuildError(phase, f"{playbook}: {detail}", log)
+
+
+def _components(rootfs: Path) -> dict[str, str]:
+    """The versions image_validate read from the image."""
+    path = rootfs / COMPONENTS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BuildError("finish", f"image_validate left no readable {COMPONENTS_FILE}: {exc}") from None
+    return {str(k): str(v) for k, v in data.items()}
