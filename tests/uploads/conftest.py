@@ -1,0 +1,166 @@
+"""Fixtures for the upload tests: a realistic sparse raw disk, artifacts built from it, and the emulators.
+
+The disk (a fixture, not a built image): 1 GiB virtual, a GPT-like header and backup header, several MiB-sized
+extents of incompressible data at scattered 64 KiB-aligned offsets, a region of explicit zeros written into the file
+(allocated but empty, as image builders leave them), and holes everywhere else. Artifacts are made from it with
+devserver.images.formats.write_formats (qemu-img, oldgnu sparse tar) and a manifest whose inputs hash is fresh for
+every artifact, so tests sharing one emulator never see each other's images.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from devserver.cli.upload import upload
+from devserver.images.artifact import Manifest, write_manifest
+from devserver.images.formats import write_formats
+from tests.uploads import emulators
+
+GIB = 1 << 30
+MIB = 1 << 20
+# (offset, length) of the fixture disk's data: header, extents, backup header at the very end.
+DATA_EXTENTS = (
+    (0, 34 * 512),
+    (1 * MIB, 6 * MIB),
+    (97 * MIB + 64 * 1024, 3 * MIB),
+    (300 * MIB, 5 * MIB + 128 * 1024),
+    (512 * MIB + 448 * 1024, 2 * MIB),
+    (800 * MIB, 8 * MIB),
+    (GIB - 33 * 512, 33 * 512),
+)
+ZERO_EXTENT = (600 * MIB, 4 * MIB)
+
+
+def write_fixture_disk(path: Path, size: int = GIB) -> None:
+    """Write the sparse fixture disk described above (deterministic bytes)."""
+    rng = random.Random(7)
+    with path.open("wb") as f:
+        f.truncate(size)
+        for offset, length in DATA_EXTENTS:
+            f.seek(offset)
+            f.write(rng.randbytes(length))
+        f.seek(ZERO_EXTENT[0])
+        f.write(bytes(ZERO_EXTENT[1]))
+
+
+@pytest.fixture(scope="session")
+def fixture_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("disk") / "fixture-disk.raw"
+    write_fixture_disk(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def formats_folder(tmp_path_factory: pytest.TempPathFactory, fixture_disk: Path) -> Callable[[str], Path]:
+    """Per target, a folder holding write_formats' disk files for the fixture disk (made once, shared read-only)."""
+    made: dict[str, Path] = {}
+
+    def get(target: str) -> Path:
+        if target not in made:
+            folder = tmp_path_factory.mktemp(f"formats-{target}")
+            files = write_formats(fixture_disk, target, folder)
+            (folder / "disks.json").write_text("[" + ",".join(f.model_dump_json() for f in files) + "]")
+            made[target] = folder
+        return made[target]
+
+    return get
+
+
+ArtifactFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_artifact(tmp_path: Path, formats_folder: Callable[[str], Path]) -> ArtifactFactory:
+    """make_artifact(target) → a fresh artifact folder: the shared disk files hard-linked, a new inputs hash."""
+    from pydantic import TypeAdapter
+
+    from devserver.images.artifact import DiskFile
+
+    def make(target: str, firmware: tuple[str, ...] = ("bios", "uefi")) -> Path:
+        source = formats_folder(target)
+        disks = TypeAdapter(list[DiskFile]).validate_json((source / "disks.json").read_text())
+        inputs_hash = secrets.token_hex(32)
+        folder = tmp_path / f"artifact-{target}-{inputs_hash[:8]}"
+        folder.mkdir()
+        for disk in disks:
+            os.link(source / disk.path, folder / disk.path)
+        manifest = Manifest(
+            name=f"ml-dev-{inputs_hash[:12]}",
+            family="ml-dev",
+            target=target,  # type: ignore[arg-type]
+            distro="debian-12",
+            builder="chroot",
+            inputs_hash=inputs_hash,
+            firmware=firmware,  # type: ignore[arg-type]
+            hyperv_generation="V2" if target == "azure" else None,
+            disks=tuple(disks),
+            created="2026-12-01T00:00:00Z",
+        )
+        write_manifest(folder, manifest)
+        return folder
+
+    return make
+
+
+def _session_emulator(start: Callable[[], emulators.Emulator]) -> Iterator[emulators.Emulator]:
+    emulator = start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[emulators.Emulator]:
+    yield from _session_emulator(emulators.start_moto)
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[emulators.Emulator]:
+    yield from _session_emulator(emulators.start_azurite)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[emulators.Emulator]:
+    yield from _session_emulator(emulators.start_gcs)
+
+
+@pytest.fixture(scope="session")
+def glance() -> Iterator[emulators.Emulator]:
+    yield from _session_emulator(emulators.start_glance)
+
+
+@pytest.fixture
+def aws_env(moto_server: emulators.Emulator, monkeypatch: pytest.MonkeyPatch) -> emulators.Emulator:
+    """boto3 pointed at moto through its own AWS_ENDPOINT_URL setting, with moto's test credentials."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return moto_server
+
+
+def upload_app() -> typer.Typer:
+    """The upload command in a Typer app of its own, as the CLI owner registers it under `devserver image`."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command("upload")(upload)
+    app.command("unused-second-command-so-typer-keeps-subcommands")(lambda: None)
+    return app
+
+
+def run_upload_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, object], str]:
+    """Run `upload ARGS --json`; return the exit code, the parsed JSON document and stderr."""
+    import json
+
+    result = CliRunner().invoke(upload_app(), ["upload", *args, "--json"], env=env, catch_exceptions=False)
+    return result.exit_code, json.loads(result.stdout), result.stderr
