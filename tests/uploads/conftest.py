@@ -39,6 +39,15 @@ DATA_EXTENTS = (
 ZERO_EXTENT = (600 * MIB, 4 * MIB)
 
 
+def data_blocks(granularity: int, size: int = GIB) -> set[int]:
+    """Indexes of the `granularity`-sized blocks of the fixture disk that hold data (from its layout, not a scan)."""
+    return {
+        index
+        for offset, length in DATA_EXTENTS
+        for index in range(offset // granularity, min(-(-(offset + length) // granularity), -(-size // granularity)))
+    }
+
+
 def write_fixture_disk(path: Path, size: int = GIB) -> None:
     """Write the sparse fixture disk described above (deterministic bytes)."""
     rng = random.Random(7)

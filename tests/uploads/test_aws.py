@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+from pathlib import Path
 
 import boto3
 import pytest
@@ -12,7 +12,7 @@ from botocore.stub import Stubber
 from devserver.clouds.aws import BLOCK, AwsUploader, import_snapshot, wait_import
 from devserver.clouds.common import HASH_KEY, CloudError, ProgressEvent, publish
 from devserver.images.artifact import load_manifest
-from tests.uploads.conftest import ArtifactFactory, run_upload_cli
+from tests.uploads.conftest import ArtifactFactory, data_blocks, run_upload_cli
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 
@@ -21,17 +21,21 @@ class Interrupted(Exception):
     """Raised by a progress callback to kill an upload halfway."""
 
 
-def _snapshot_bytes(snapshot_id: str, size: int) -> bytes:
-    """The snapshot read back through the EBS direct API: listed blocks, zeros elsewhere."""
+def assert_snapshot_holds(snapshot_id: str, raw: Path) -> None:
+    """Read the snapshot back through the EBS direct API: exactly the fixture's data blocks, byte-identical.
+
+    Every other block of the fixture disk is a hole or explicit zeros, which an EBS snapshot reads as zeros.
+    """
     ebs = boto3.client("ebs")
-    image = bytearray(size)
-    for block in ebs.list_snapshot_blocks(SnapshotId=snapshot_id)["Blocks"]:
-        data = ebs.get_snapshot_block(
-            SnapshotId=snapshot_id, BlockIndex=block["BlockIndex"], BlockToken=block["BlockToken"]
-        )["BlockData"].read()
-        start = block["BlockIndex"] * BLOCK
-        image[start : start + BLOCK] = data[: max(0, min(BLOCK, size - start))]
-    return bytes(image)
+    blocks = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)["Blocks"]
+    assert {b["BlockIndex"] for b in blocks} == data_blocks(BLOCK)
+    with raw.open("rb") as f:
+        for block in blocks:
+            data = ebs.get_snapshot_block(
+                SnapshotId=snapshot_id, BlockIndex=block["BlockIndex"], BlockToken=block["BlockToken"]
+            )["BlockData"].read()
+            f.seek(block["BlockIndex"] * BLOCK)
+            assert data == f.read(BLOCK).ljust(BLOCK, b"\0"), f"block {block['BlockIndex']} differs"
 
 
 def _ami(inputs_hash: str) -> list[dict[str, object]]:
@@ -55,8 +59,7 @@ def test_ebs_upload_registers_ami_with_only_data_blocks(make_artifact: ArtifactF
     assert {t["Key"]: t["Value"] for t in ami["Tags"]}["devserver-family"] == "ml-dev"
     snapshot = str(doc["location"])
     assert boto3.client("ec2").describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["State"] == "completed"
-    raw = (folder / disk.path).read_bytes()
-    assert hashlib.sha256(_snapshot_bytes(snapshot, len(raw))).hexdigest() == hashlib.sha256(raw).hexdigest()
+    assert_snapshot_holds(snapshot, folder / disk.path)
 
 
 def test_second_upload_registers_nothing(make_artifact: ArtifactFactory) -> None:
@@ -88,8 +91,7 @@ def test_interrupted_upload_resumes_with_fewer_bytes(make_artifact: ArtifactFact
     assert 0 < result.bytes_sent <= events[0].total
     disk = load_manifest(folder).primary
     assert result.bytes_sent < disk.allocated * 0.6
-    raw = (folder / disk.path).read_bytes()
-    assert _snapshot_bytes(result.location, len(raw)) == raw
+    assert_snapshot_holds(result.location, folder / disk.path)
     assert not (folder / ".upload-state" / "aws.json").exists()
 
 
@@ -97,20 +99,24 @@ def test_s3_method_multipart_resumes_and_a_failed_import_leaves_nothing(make_art
     folder = make_artifact("aws")
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="images", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    uploader = AwsUploader(region="eu-west-1", method="s3", bucket="images")
-    parts = 0
+    part = 5 * 1024 * 1024
+    vmdk_size = (folder / "disk.vmdk").stat().st_size
+    assert vmdk_size > 3 * part
 
-    def kill_after_first_part(event: ProgressEvent) -> None:
-        nonlocal parts
-        parts += 1
-        if parts == 2:
+    def kill_after_two_parts(event: ProgressEvent) -> None:
+        if event.sent >= 2 * part:
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        publish(uploader, folder, kill_after_first_part)
+        publish(
+            AwsUploader(region="eu-west-1", method="s3", bucket="images", part_size=part), folder, kill_after_two_parts
+        )
+    events: list[ProgressEvent] = []
     # moto does not implement VM Import: the registration fails and the staged object must be removed.
     with pytest.raises(CloudError, match=r"registration failed: .*removed what this run created: s3://images/"):
-        publish(AwsUploader(region="eu-west-1", method="s3", bucket="images"), folder)
+        publish(AwsUploader(region="eu-west-1", method="s3", bucket="images", part_size=part), folder, events.append)
+    assert events[0].total == vmdk_size - 2 * part
+    assert events[-1].sent == vmdk_size - 2 * part
     assert s3.list_objects_v2(Bucket="images").get("KeyCount", 0) == 0
 
 
@@ -148,7 +154,10 @@ def test_register_image_request_is_valid_for_the_ec2_model(make_artifact: Artifa
                 "VirtualizationType": "hvm",
                 "RootDeviceName": "/dev/xvda",
                 "BlockDeviceMappings": [
-                    {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-1", "VolumeType": "gp3", "DeleteOnTermination": True}}
+                    {
+                        "DeviceName": "/dev/xvda",
+                        "Ebs": {"SnapshotId": "snap-1", "VolumeType": "gp3", "DeleteOnTermination": True},
+                    }
                 ],
                 "EnaSupport": True,
                 "BootMode": "legacy-bios",
@@ -196,7 +205,11 @@ def test_failed_import_task_is_a_cloud_error() -> None:
     with Stubber(ec2) as stub:
         stub.add_response(
             "describe_import_snapshot_tasks",
-            {"ImportSnapshotTasks": [{"SnapshotTaskDetail": {"Status": "deleted", "StatusMessage": "ClientError: bad disk"}}]},
+            {
+                "ImportSnapshotTasks": [
+                    {"SnapshotTaskDetail": {"Status": "deleted", "StatusMessage": "ClientError: bad disk"}}
+                ]
+            },
             {"ImportTaskIds": ["import-snap-1"]},
         )
         with pytest.raises(CloudError, match="bad disk"):

@@ -126,11 +126,12 @@ def wait_import(ec2: Any, task_id: str, sleep: Callable[[float], None] = time.sl
 
 @dataclass
 class AwsUploader:
-    """Snapshot + AMI in `region`; with method "s3", staged through `bucket`."""
+    """Snapshot + AMI in `region`; with method "s3", staged through `bucket` in `part_size` parts (≥ 5 MiB)."""
 
     region: str
     method: Literal["ebs", "s3"] = "ebs"
     bucket: str | None = None
+    part_size: int = PART
     target: ClassVar[str] = "aws"
 
     def __post_init__(self) -> None:
@@ -270,13 +271,14 @@ class AwsUploader:
             save_state(artifact, "aws-s3", state)
         resumed = bool(parts)
         size = path.stat().st_size
-        numbers = range(1, math.ceil(size / PART) + 1)
-        meter.start(sum(min(PART, size - (n - 1) * PART) for n in numbers if n not in parts))
+        part = self.part_size
+        numbers = range(1, math.ceil(size / part) + 1)
+        meter.start(sum(min(part, size - (n - 1) * part) for n in numbers if n not in parts))
         with path.open("rb") as f:
             for number in numbers:
                 if number in parts:
                     continue
-                data = os.pread(f.fileno(), PART, (number - 1) * PART)
+                data = os.pread(f.fileno(), part, (number - 1) * part)
                 try:
                     etag = s3.upload_part(
                         Bucket=self.bucket,

@@ -73,7 +73,17 @@ def _fail(exc: Exception, doing: str) -> CloudError:
         return CloudError(f"{doing}: not found ({_first_line(exc)})", "create it, or pass an existing one")
     if isinstance(exc, aexc.HttpResponseError):
         code = getattr(exc, "error_code", None) or exc.status_code
-        fix = "ask for a higher quota" if "Quota" in str(code) else "check the role assignment (Contributor)"
+        if str(code).split(".")[-1].upper() in ("AUTHENTICATIONFAILED", "AUTHORIZATION_FAILURE", "AUTHORIZATIONFAILURE"):
+            return CloudError(
+                f"{doing}: authentication failed ({_first_line(exc)})",
+                "check the account key / connection string, or the role (Storage Blob Data Contributor)",
+            )
+        if "Quota" in str(code):
+            fix = "ask for a higher quota or delete unused images"
+        elif exc.status_code == 403:
+            fix = "check the role assignment (Contributor on the resource group, Storage Blob Data Contributor)"
+        else:
+            fix = "see the Azure error above"
         return CloudError(f"{doing}: {code}: {_first_line(exc)}", fix)
     if isinstance(exc, aexc.AzureError):
         return CloudError(f"{doing}: {_first_line(exc)}", "check the account URL and network access to Azure")
@@ -169,7 +179,9 @@ class AzureUploader:
                 done = sorted((r.start, r.end + 1) for r in blob.list_page_ranges() if not r.cleared)
             else:
                 blob.create_page_blob(
-                    size, metadata={"sha256": artifact.disk.sha256, HASH_KEY: artifact.manifest.inputs_hash}
+                    # Blob metadata names are C# identifiers: the hash key with underscores.
+                    size,
+                    metadata={"sha256": artifact.disk.sha256, HASH_KEY.replace("-", "_"): artifact.manifest.inputs_hash},
                 )
         except Exception as exc:
             raise _fail(exc, f"preparing page blob {self.container}/{name}") from None

@@ -1,0 +1,244 @@
+"""Azure uploads: the page blob against a real Azurite; the managed image through azure-core's transport seam.
+
+Azurite implements the blob service only. The management call (images create/list) goes through a transport
+fixture that records each request, checks its body with azure-mgmt-compute's own model deserializer and answers
+like ARM (the image then exists, so a second upload finds it).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import requests.adapters
+import urllib3
+from azure.core.credentials import AccessToken
+from azure.core.pipeline.transport import RequestsTransport
+from azure.mgmt.compute import models
+from azure.storage.blob import BlobServiceClient
+
+from devserver.clouds.azure import GRANULE, AzureUploader
+from devserver.clouds.common import HASH_KEY, CloudError, ProgressEvent, publish
+from devserver.images.artifact import load_manifest
+from tests.uploads import emulators
+from tests.uploads.conftest import GIB, ArtifactFactory, data_blocks, run_upload_cli
+
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
+
+
+class FixtureCredential:
+    """A TokenCredential fixture: the recording transport never forwards the token anywhere."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken("fixture-token", int(time.time()) + 3600)
+
+
+def check_rest_shape(model: type, body: dict[str, Any]) -> None:
+    """Every key of `body` is a writable REST field of the azure-mgmt-compute `model` (names as the SDK sends them)."""
+    fields = {rf._rest_name: rf for rf in model._attr_to_rest_field.values()}  # type: ignore[attr-defined]
+    unknown = set(body) - set(fields)
+    assert not unknown, f"{model.__name__}: fields the API does not have: {unknown}"
+    readonly = {name for name, rf in fields.items() if "read" in rf._visibility and len(rf._visibility) == 1}
+    assert not readonly & set(body), f"{model.__name__}: read-only fields sent: {readonly & set(body)}"
+
+
+class RecordingArmTransport(RequestsTransport):
+    """azure-core's own requests transport, whose session answers ARM's images API in-process.
+
+    Records every request and validates PUT bodies with azure-mgmt-compute's model (deserialize + validate).
+    """
+
+    def __init__(self, fail_put: tuple[int, str] | None = None) -> None:
+        self.requests: list[tuple[str, str, Any]] = []
+        self.images: dict[str, dict[str, Any]] = {}
+        self.fail_put = fail_put
+        session = requests.Session()
+        session.mount("https://management.azure.com/", _ArmAdapter(self))
+        super().__init__(session=session, session_owner=False)
+
+    def answer(self, method: str, url: str, body: Any) -> tuple[int, object]:
+        self.requests.append((method, url, body))
+        path = url.split("?")[0].removeprefix("https://management.azure.com")
+        if method == "PUT":
+            if self.fail_put:
+                code, error = self.fail_put
+                return code, {"error": {"code": error, "message": f"fixture {error}"}}
+            check_rest_shape(models.Image, body)
+            check_rest_shape(models.ImageProperties, body["properties"])
+            check_rest_shape(models.ImageStorageProfile, body["properties"]["storageProfile"])
+            check_rest_shape(models.ImageOSDisk, body["properties"]["storageProfile"]["osDisk"])
+            image = models.Image(body)
+            assert image.properties.storage_profile.os_disk.blob_uri, "osDisk.blobUri missing"
+            stored = {**body, "id": path, "name": path.rsplit("/", 1)[1], "type": "Microsoft.Compute/images"}
+            stored["properties"]["provisioningState"] = "Succeeded"
+            self.images[path] = stored
+            return 200, stored
+        if method == "GET" and path.endswith("/providers/Microsoft.Compute/images"):
+            prefix = path.removesuffix("/providers/Microsoft.Compute/images")
+            return 200, {"value": [i for k, i in self.images.items() if k.startswith(prefix)]}
+        return 404, {"error": {"code": "NotFound", "message": path}}
+
+    def puts(self) -> list[dict[str, Any]]:
+        return [body for method, _, body in self.requests if method == "PUT"]
+
+
+class _ArmAdapter(requests.adapters.BaseAdapter):
+    def __init__(self, arm: RecordingArmTransport) -> None:
+        super().__init__()
+        self.arm = arm
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        body = json.loads(request.body) if request.body else None
+        status, payload = self.arm.answer(str(request.method), str(request.url), body)
+        content = json.dumps(payload).encode()
+        raw = urllib3.HTTPResponse(
+            body=io.BytesIO(content),
+            headers={"Content-Type": "application/json", "Content-Length": str(len(content))},
+            status=status,
+            preload_content=False,
+        )
+        return requests.adapters.HTTPAdapter().build_response(request, raw)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def container(azurite: emulators.Emulator) -> str:
+    import secrets
+
+    name = f"images-{secrets.token_hex(4)}"
+    BlobServiceClient.from_connection_string(emulators.azurite_connection_string(azurite)).create_container(name)
+    return name
+
+
+def _uploader(azurite: emulators.Emulator, container: str, transport: RecordingArmTransport) -> AzureUploader:
+    return AzureUploader(
+        container=container,
+        resource_group="images-rg",
+        location="westeurope",
+        subscription=SUBSCRIPTION,
+        connection_string=emulators.azurite_connection_string(azurite),
+        credential=FixtureCredential(),
+        arm_transport=transport,
+    )
+
+
+def assert_blob_holds(azurite: emulators.Emulator, container: str, blob: str, vhd: Path) -> None:
+    """The page blob: the VHD's size, page ranges exactly over its data and footer, each byte-identical."""
+    client = BlobServiceClient.from_connection_string(emulators.azurite_connection_string(azurite))
+    blob_client = client.get_blob_client(container, blob)
+    assert blob_client.get_blob_properties().size == vhd.stat().st_size
+    ranges = [r for r in blob_client.list_page_ranges() if not r.cleared]
+    covered = {i for r in ranges for i in range(r.start // GRANULE, r.end // GRANULE + 1)}
+    assert covered == data_blocks(GRANULE) | {GIB // GRANULE}
+    with vhd.open("rb") as f:
+        for r in ranges:
+            length = r.end + 1 - r.start
+            f.seek(r.start)
+            assert blob_client.download_blob(offset=r.start, length=length).readall() == f.read(length)
+
+
+def test_page_blob_sends_only_data_and_registers_a_gen2_image(
+    azurite: emulators.Emulator, container: str, make_artifact: ArtifactFactory
+) -> None:
+    folder = make_artifact("azure")
+    manifest = load_manifest(folder)
+    transport = RecordingArmTransport()
+    result = publish(_uploader(azurite, container, transport), folder)
+    assert result.status == "registered"
+    assert result.bytes_sent <= 1.05 * manifest.primary.allocated
+    assert_blob_holds(azurite, container, f"{manifest.name}.vhd", folder / "disk.vhd")
+    (put,) = transport.puts()
+    assert put["location"] == "westeurope"
+    assert put["tags"][HASH_KEY] == manifest.inputs_hash
+    assert put["properties"]["hyperVGeneration"] == "V2"
+    os_disk = put["properties"]["storageProfile"]["osDisk"]
+    assert os_disk == {
+        "osType": "Linux",
+        "osState": "Generalized",
+        "blobUri": result.location,
+        "caching": "ReadWrite",
+    }
+    assert result.location.endswith(f"/{container}/{manifest.name}.vhd")
+
+    again = publish(_uploader(azurite, container, transport), folder)
+    assert again.status == "already-registered"
+    assert again.image == result.image
+    assert len(transport.puts()) == 1
+
+
+def test_interrupted_page_upload_resumes_from_the_blobs_page_ranges(
+    azurite: emulators.Emulator, container: str, make_artifact: ArtifactFactory
+) -> None:
+    folder = make_artifact("azure")
+    manifest = load_manifest(folder)
+
+    class Interrupted(Exception):
+        pass
+
+    def kill_halfway(event: ProgressEvent) -> None:
+        if event.sent > event.total // 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        publish(_uploader(azurite, container, RecordingArmTransport()), folder, kill_halfway)
+    events: list[ProgressEvent] = []
+    result = publish(_uploader(azurite, container, RecordingArmTransport()), folder, events.append)
+    assert result.resumed
+    assert 0 < result.bytes_sent < 0.6 * manifest.primary.allocated
+    assert events[0].total == result.bytes_sent
+    assert_blob_holds(azurite, container, f"{manifest.name}.vhd", folder / "disk.vhd")
+
+
+def test_failed_image_creation_deletes_the_blob(
+    azurite: emulators.Emulator, container: str, make_artifact: ArtifactFactory
+) -> None:
+    folder = make_artifact("azure")
+    transport = RecordingArmTransport(fail_put=(409, "OperationNotAllowed"))
+    with pytest.raises(CloudError, match=r"registration failed: .*OperationNotAllowed.*removed what this run created"):
+        publish(_uploader(azurite, container, transport), folder)
+    client = BlobServiceClient.from_connection_string(emulators.azurite_connection_string(azurite))
+    assert list(client.get_container_client(container).list_blobs()) == []
+
+
+def _cli_env(azurite: emulators.Emulator, key: str = emulators.AZURITE_KEY) -> dict[str, str]:
+    return {"AZURE_STORAGE_CONNECTION_STRING": emulators.azurite_connection_string(azurite, key)}
+
+
+def _cli_args(folder: Path, container: str) -> list[str]:
+    return [
+        str(folder),
+        "--target",
+        "azure",
+        "--container",
+        container,
+        "--resource-group",
+        "rg",
+        "--location",
+        "westeurope",
+        "--subscription",
+        SUBSCRIPTION,
+    ]
+
+
+def test_wrong_account_key_is_a_clear_cloud_error(
+    azurite: emulators.Emulator, container: str, make_artifact: ArtifactFactory
+) -> None:
+    wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ=="
+    code, doc, _ = run_upload_cli(*_cli_args(make_artifact("azure"), container), env=_cli_env(azurite, wrong))
+    assert code == 1
+    assert "authentication failed" in str(doc["error"])
+    assert "fix: check the account key" in str(doc["error"])
+
+
+def test_missing_container_is_a_clear_cloud_error(azurite: emulators.Emulator, make_artifact: ArtifactFactory) -> None:
+    code, doc, _ = run_upload_cli(*_cli_args(make_artifact("azure"), "no-such-container"), env=_cli_env(azurite))
+    assert code == 1
+    assert "no-such-container" in str(doc["error"])
+    assert "not found" in str(doc["error"])
