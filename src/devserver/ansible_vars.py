@@ -2,14 +2,18 @@
 
 :func:`role_vars` returns exactly the role variables the spec decides (every name is declared in a role's
 ``defaults/main.yml`` and ``meta/argument_specs.yml``, of the type declared there); anything the spec does not decide
-keeps the role's default. The result is JSON-serialisable and goes to ansible-runner as extra vars, so it overrides
-every other variable source.
+keeps the role's default. :func:`image_role_vars` does the same for the roles of ``playbooks/image.yml``
+(cloud_guest, image_generalize, image_validate), which only image builds run. The results are JSON-serialisable and
+go to ansible-runner as extra vars, so they override every other variable source.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from devserver import catalog as catalog_module
 from devserver import versions
+from devserver.images.artifact import Target
 from devserver.plan import Resolved
 
 # Ubuntu's security pocket lives on its own host; a site with its own mirror serves every pocket from that mirror.
@@ -82,4 +86,31 @@ def role_vars(resolved: Resolved, *, image_mode: bool = False, data_device: str 
         "container_runtime_docker_data_root": f"{data.mount_point}/docker" if data and use_data_root else "",
         "container_runtime_docker_users": [spec.ssh.admin_user] if docker else [],
         "container_runtime_image_mode": image_mode,
+    }
+
+
+def image_role_vars(resolved: Resolved, target: Target, *, build_users: Sequence[str] = ()) -> dict[str, object]:
+    """Variables of playbooks/image.yml for an image of `resolved` for `target`.
+
+    `build_users`: accounts that exist only for the build (Packer's SSH user), removed by image_generalize and
+    checked absent by image_validate; the chroot builder has none. What image_validate expects (driver branch, CUDA,
+    container toolkit, engines) is what role_vars() makes the provisioning playbook install.
+    """
+    software = resolved.spec.software
+    engines = software.container_runtime
+    cuda = resolved.cuda or ""
+    nvcc = f"/usr/local/cuda-{cuda}/bin/nvcc" if software.driver.source == "cuda-repo" else "/usr/bin/nvcc"
+    return {
+        # cloud_guest
+        "cloud_guest_target": target,
+        # image_generalize
+        "image_generalize_build_users": list(build_users),
+        # image_validate
+        "image_validate_build_users": list(build_users),
+        "image_validate_driver_branch": resolved.driver_branch,
+        "image_validate_cuda_version": cuda,
+        "image_validate_cuda_nvcc": nvcc,
+        "image_validate_container_toolkit_version": software.container_toolkit if engines != "none" else "",
+        "image_validate_docker": engines in ("docker", "both"),
+        "image_validate_containerd": engines in ("containerd", "both"),
     }

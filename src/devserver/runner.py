@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,8 +104,36 @@ def run_playbook(
     forks: int = 10,
     on_event: Callable[[TaskEvent | str], None] | None = None,
 ) -> RunSummary:
-    """Run playbooks/devserver.yml on `hosts` (in parallel, up to `forks`). `on_event` receives each task's start
-    (its name, a str) and each outcome (a TaskEvent), for progress display."""
+    """Run playbooks/devserver.yml on `hosts` over SSH (in parallel, up to `forks`); see :func:`run`."""
+    return run(
+        "devserver.yml",
+        inventory(hosts, known_hosts),
+        extravars,
+        check=check,
+        diff=diff,
+        tags=tags,
+        forks=forks,
+        on_event=on_event,
+    )
+
+
+def run(
+    playbook: str,
+    hosts_inventory: dict[str, Any],
+    extravars: dict[str, Any],
+    *,
+    check: bool = False,
+    diff: bool = False,
+    tags: Sequence[str] = (),
+    forks: int = 10,
+    on_event: Callable[[TaskEvent | str], None] | None = None,
+) -> RunSummary:
+    """Run playbooks/`playbook` against `hosts_inventory` (any connection: SSH hosts, a chroot). `on_event`
+    receives each task's start (its name, a str) and each outcome (a TaskEvent), for progress display.
+
+    A KeyboardInterrupt (SIGINT) stops ansible-playbook and all its processes (ansible-runner kills its process
+    group) before it propagates, so no task keeps running behind the caller's cleanup.
+    """
     import ansible_runner
 
     root = ansible_root()
@@ -132,6 +161,9 @@ def run_playbook(
         envvars = {
             "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
             "ANSIBLE_ROLES_PATH": str(root / "roles"),
+            "ANSIBLE_CONNECTION_PLUGINS": str(root / "plugins" / "connection"),
+            # Ansible's controller-side temp files go with the private folder, even when the run is killed.
+            "ANSIBLE_LOCAL_TEMP": str(Path(private) / "tmp"),
             "ANSIBLE_FORCE_COLOR": "0",
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
@@ -139,10 +171,11 @@ def run_playbook(
         cmdline = " ".join(flag for flag, on in (("--check", check), ("--diff", diff)) if on)
         # ansible-runner starts ansible-playbook from PATH: make it the one installed beside this interpreter.
         envvars["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        result = ansible_runner.run(
+        interrupted = threading.Event()
+        thread, result = ansible_runner.run_async(
             private_data_dir=private,
-            playbook=str(root / "playbooks" / "devserver.yml"),
-            inventory=inventory(hosts, known_hosts),
+            playbook=str(root / "playbooks" / playbook),
+            inventory=hosts_inventory,
             extravars=extravars,
             envvars=envvars,
             cmdline=cmdline or None,
@@ -150,7 +183,19 @@ def run_playbook(
             forks=forks,
             quiet=True,
             event_handler=handle,
+            cancel_callback=interrupted.is_set,
+            # how often ansible-runner polls cancel_callback (seconds)
+            settings={"pexpect_timeout": 0.5},
         )
+        # The run happens in ansible-runner's thread; this one only waits, so that SIGINT (delivered to the main
+        # thread) lands here and can cancel the run instead of abandoning it.
+        while thread.is_alive():
+            try:
+                thread.join(timeout=0.5)
+            except KeyboardInterrupt:
+                interrupted.set()
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         summary.rc = int(result.rc)
         summary.status = str(result.status)
         _merge_stats(summary, result.stats or {})

@@ -1,0 +1,292 @@
+"""The chroot builder's runtime: a root filesystem made ready for package installs, and the playbooks run in it.
+
+Contracts:
+
+* :func:`prepared` mounts /proc, /sys (read-only), /dev, /dev/pts, /dev/shm and a tmpfs /run inside `rootfs`, forbids
+  service starts (``/usr/sbin/policy-rc.d`` exiting 101), and gives apt the build host's resolver configuration
+  (bind-mounted over the image's ``/etc/resolv.conf`` from a copy on the tmpfs, so nothing of the host is written
+  into the image). On exit — normal, an exception, KeyboardInterrupt — every process whose root is inside `rootfs`
+  is killed, every mount undone and the image's own policy-rc.d (if any) put back; SIGINT is held off while that
+  runs, and delivered afterwards. Entering it for a root already prepared by this process changes nothing.
+* :func:`run_playbook` runs ``playbooks/devserver.yml`` or ``playbooks/image.yml`` inside `rootfs` (prepared for the
+  duration) through devserver's own ``devserver_chroot`` connection plugin and returns the run's
+  :class:`~devserver.runner.RunSummary`; a KeyboardInterrupt stops ansible-playbook before it propagates.
+
+Needs root and util-linux ``mount``/``umount``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from devserver.runner import RunSummary, TaskEvent
+
+PLAYBOOKS = ("devserver.yml", "image.yml")
+# The inventory name of the image in a chroot run (what RunSummary.hosts is keyed by).
+HOST = "image"
+POLICY_RC_D = "usr/sbin/policy-rc.d"
+# invoke-rc.d's contract (/usr/share/doc/init-system-helpers/README.policy-rc.d): 101 = action forbidden.
+POLICY_RC_D_SCRIPT = "#!/bin/sh\n# Written by devserver while it builds this image: no service starts.\nexit 101\n"
+# Where the host's resolver configuration is copied (on the /run tmpfs) for the bind mount over etc/resolv.conf.
+RESOLV_COPY = "run/devserver-resolv.conf"
+TERM_GRACE_S = 5.0
+
+# (mount point inside the root, mount(8) arguments); mounted in this order, undone in reverse.
+_MOUNTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("proc", ("-t", "proc", "-o", "nosuid,nodev,noexec", "proc")),
+    ("sys", ("-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs")),
+    ("dev", ("--bind", "/dev")),
+    ("dev/pts", ("--bind", "/dev/pts")),
+    ("dev/shm", ("-t", "tmpfs", "-o", "nosuid,nodev,mode=1777", "shm")),
+    ("run", ("-t", "tmpfs", "-o", "nosuid,nodev,mode=0755", "run")),
+)
+
+_active: set[Path] = set()
+_active_lock = threading.Lock()
+
+
+class ChrootError(Exception):
+    """The root filesystem cannot be prepared (not a rootfs, not root, a mount failed), with the reason."""
+
+
+@contextlib.contextmanager
+def prepared(rootfs: Path) -> Iterator[Path]:
+    """`rootfs` (resolved) ready for a playbook; see the module docstring for what is set up and undone."""
+    root = Path(rootfs).resolve()
+    with _active_lock:
+        nested = root in _active
+        if not nested:
+            _active.add(root)
+    if nested:
+        yield root
+        return
+    undo: list[Callable[[], None]] = []
+    try:
+        _check_root(root)
+        for point, args in _MOUNTS:
+            _mount(root, point, args, undo)
+        _forbid_service_starts(root, undo)
+        _host_resolver(root, undo)
+        yield root
+    finally:
+        with _sigint_held():
+            _kill_processes_in(root)
+            errors = []
+            for step in reversed(undo):
+                try:
+                    step()
+                except ChrootError as exc:
+                    errors.append(str(exc))
+            with _active_lock:
+                _active.discard(root)
+        if errors:
+            raise ChrootError("; ".join(errors))
+
+
+def run_playbook(
+    rootfs: Path,
+    playbook: str,
+    extravars: dict[str, object],
+    *,
+    on_event: Callable[[TaskEvent | str], None] | None = None,
+) -> RunSummary:
+    """Run playbooks/`playbook` inside `rootfs` (prepared for the run) and summarise it. `on_event` as in
+    :func:`devserver.runner.run`. Raises ValueError for a playbook other than devserver.yml / image.yml."""
+    from devserver import runner
+
+    if playbook not in PLAYBOOKS:
+        raise ValueError(f"playbook {playbook!r}: a chroot build runs one of {', '.join(PLAYBOOKS)}")
+    with prepared(rootfs) as root:
+        return runner.run(playbook, inventory(root), extravars, on_event=on_event)
+
+
+def inventory(root: Path) -> dict[str, object]:
+    """The one-host inventory of a chroot run: devserver's connection plugin, no become (the build runs as root),
+    the image's own python3, Ansible's remote temp files on the /run tmpfs (gone with it)."""
+    return {
+        "all": {
+            "hosts": {
+                HOST: {
+                    "ansible_connection": "devserver_chroot",
+                    "ansible_host": str(root),
+                    "ansible_become": False,
+                    "ansible_python_interpreter": "/usr/bin/python3",
+                    "ansible_remote_tmp": "/run/.ansible-devserver",
+                    "ansible_pipelining": True,
+                }
+            }
+        }
+    }
+
+
+def _check_root(root: Path) -> None:
+    if os.geteuid() != 0:
+        raise ChrootError("a chroot build needs root (mount, chroot): run it with sudo")
+    if not (root / "etc").is_dir() or not (root / "usr" / "bin").is_dir():
+        raise ChrootError(f"{root} is not a root filesystem (no etc/ or usr/bin/): extract a base image into it")
+    if _mounted_under(root):
+        raise ChrootError(
+            f"{root} already has mounts under it ({', '.join(_mounted_under(root))}): another build is using it, "
+            "or an earlier one was killed; unmount them first"
+        )
+
+
+def _mount(root: Path, point: str, args: tuple[str, ...], undo: list[Callable[[], None]]) -> None:
+    target = root / point
+    # A symlink here (e.g. an image's /dev/shm -> /run/shm) would make mount(8) follow it out of the root.
+    if target.is_symlink():
+        raise ChrootError(f"{target} is a symlink: refusing to mount over it")
+    target.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _run(["mount", *args, str(target)], f"mount {point}")
+    undo.append(lambda: _umount(root, target))
+    # A bind of a shared mount (the host's /dev on systemd hosts) joins its peer group: without this, what is
+    # mounted below it here would appear on the host too.
+    _run(["mount", "--make-private", str(target)], f"make {point} private")
+
+
+def _umount(root: Path, target: Path) -> None:
+    """Unmount `target`; processes still inside the root keep it busy, so they are killed and it is retried."""
+    for attempt in range(3):
+        proc = subprocess.run(["umount", str(target)], capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            return
+        if attempt < 2:
+            _kill_processes_in(root)
+            time.sleep(0.2)
+    # Still busy (an open file from outside the root): detach it now, the kernel frees it when the file closes.
+    proc = subprocess.run(["umount", "--lazy", str(target)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ChrootError(f"cannot unmount {target}: {proc.stderr.strip()}")
+
+
+def _forbid_service_starts(root: Path, undo: list[Callable[[], None]]) -> None:
+    path = root / POLICY_RC_D
+    saved = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    if path.is_symlink():
+        raise ChrootError(f"{path} is a symlink: refusing to replace it")
+    mode = path.stat().st_mode & 0o7777 if saved is not None else 0o755
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(POLICY_RC_D_SCRIPT)
+    path.chmod(0o755)
+
+    def restore() -> None:
+        if saved is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(saved)
+            path.chmod(mode)
+
+    undo.append(restore)
+
+
+def _host_resolver(root: Path, undo: list[Callable[[], None]]) -> None:
+    """The host's resolv.conf, seen at the image's /etc/resolv.conf (or where its symlink points) for the run."""
+    host = Path("/etc/resolv.conf")
+    copy = root / RESOLV_COPY
+    copy.write_bytes(host.read_bytes() if host.exists() else b"")
+    target = _inside(root, Path("etc/resolv.conf"))
+    created = not target.exists()
+    if created:
+        # absent, or a symlink to a file that only exists on a running system (systemd-resolved's stub in /run)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch()
+    _run(["mount", "--bind", str(copy), str(target)], "bind resolv.conf")
+
+    def unbind() -> None:
+        _umount(root, target)
+        if created:
+            target.unlink(missing_ok=True)
+
+    undo.append(unbind)
+
+
+def _inside(root: Path, relative: Path) -> Path:
+    """`relative` resolved the way a process chrooted into `root` sees it: symlinks are followed inside the root."""
+    current = Path("/")
+    parts = list(relative.parts)
+    hops = 0
+    while parts:
+        candidate = Path(os.path.normpath(current / parts.pop(0)))
+        on_host = root / candidate.relative_to("/")
+        if not on_host.is_symlink():
+            current = candidate
+            continue
+        hops += 1
+        if hops > 40:
+            raise ChrootError(f"{root / relative}: too many levels of symbolic links")
+        link = Path(os.readlink(on_host))
+        if link.is_absolute():
+            current, parts = Path("/"), [*link.parts[1:], *parts]
+        else:
+            parts = [*link.parts, *parts]
+    return root / current.relative_to("/")
+
+
+def _mounted_under(root: Path) -> list[str]:
+    prefix = str(root)
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")
+        if point.startswith(prefix + "/"):
+            points.append(point)
+    return points
+
+
+def processes_in(root: Path) -> list[int]:
+    """PIDs of the processes whose root directory is `root` or below it."""
+    prefix = str(root)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            proc_root = os.readlink(entry / "root")
+        except OSError:
+            continue  # gone, or a kernel thread
+        if proc_root == prefix or proc_root.startswith(prefix + "/"):
+            found.append(int(entry.name))
+    return found
+
+
+def _kill_processes_in(root: Path) -> None:
+    """SIGTERM every process inside `root`, then SIGKILL what is left after TERM_GRACE_S."""
+    pids = processes_in(root)
+    if not pids:
+        return
+    _signal(pids, signal.SIGTERM)
+    deadline = time.monotonic() + TERM_GRACE_S
+    while (pids := processes_in(root)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _signal(pids, signal.SIGKILL)
+    deadline = time.monotonic() + TERM_GRACE_S
+    while processes_in(root) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Block SIGINT in this thread while cleaning up; one that arrived meanwhile is delivered on exit."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _run(argv: list[str], what: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ChrootError(f"{what} failed: {proc.stderr.strip() or f'exit {proc.returncode}'}")
