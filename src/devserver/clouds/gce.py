@@ -105,11 +105,12 @@ def _fail(exc: Exception, doing: str, project: str, bucket: str = "") -> CloudEr
 
 @dataclass
 class GceUploader:
-    """Image `manifest.name` in `project`, its tar staged in GCS `bucket`."""
+    """Image `manifest.name` in `project`, its tar staged in GCS `bucket`, sent in `chunk_size` pieces."""
 
     project: str
     bucket: str
     compute_endpoint: str | None = None
+    chunk_size: int = CHUNK
     target: ClassVar[str] = "gce"
 
     def __post_init__(self) -> None:
@@ -147,9 +148,12 @@ class GceUploader:
             raise _fail(exc, f"opening gs://{self.bucket}", self.project, self.bucket) from None
 
     def find(self, manifest: Manifest) -> Image | None:
+        from google.cloud import compute_v1
+
         label = manifest.inputs_hash[:GCE_HASH_CHARS]
+        request = compute_v1.ListImagesRequest(project=self.project, filter=f"labels.{HASH_KEY}={label}")
         try:
-            found = list(self._images_client().list(project=self.project, filter=f"labels.{HASH_KEY}={label}"))
+            found = list(self._images_client().list(request=request))
         except Exception as exc:
             raise _fail(exc, "looking for an existing image", self.project) from None
         if not found:
@@ -173,7 +177,7 @@ class GceUploader:
         result: dict[str, Any] | None = None
         with artifact.disk_path.open("rb") as f:
             while result is None:
-                chunk = os.pread(f.fileno(), CHUNK, offset)
+                chunk = os.pread(f.fileno(), self.chunk_size, offset)
                 headers = {"Content-Range": f"bytes {offset}-{offset + len(chunk) - 1}/{size}"}
                 if not chunk:
                     headers = {"Content-Range": f"bytes */{size}"}
