@@ -257,7 +257,7 @@ def build_base(base: BaseSpec, cache_dir: Path, *, log: Path | None = None) -> P
         return tarball
     _preflight(base)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(tarball.with_suffix(".lock")):
+    with _locked(tarball.with_name(tarball.name + ".lock")):
         if tarball.exists():  # a concurrent caller built it while we waited
             return tarball
         partial = tarball.with_name(f".{tarball.name}.partial-{os.getpid()}.tar.zst")
@@ -302,7 +302,9 @@ def extract(tarball: Path, dest: Path) -> None:
     )
     if proc.returncode != 0:
         raise ImageBuildError(
-            str(tarball), f"cannot be extracted: {proc.stderr.strip()[-500:]}", "delete it so it is rebuilt"
+            str(tarball),
+            f"cannot be extracted: {'; '.join(proc.stderr.split(chr(10))[:3]).strip()}",
+            "delete it so it is rebuilt",
         )
 
 
