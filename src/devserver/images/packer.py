@@ -1,0 +1,623 @@
+"""Packer builders: the qemu builder (runs here, with Debian's packer 1.6.6) and the cloud builders (googlecompute,
+azure-arm, amazon-ebs, openstack), all from the templates in ``images/packer/``, all running the same playbooks as the
+chroot builder.
+
+Contracts:
+
+* :func:`render_vars` is the one place where spec values become Packer variables (``images/packer/variables.pkr.hcl``
+  declares each with its type and validation). It is pure: it writes nothing.
+* :func:`prepare` writes a build's inputs into a work folder: the role variables as JSON (image mode), the build
+  playbook (``playbooks/devserver.yml`` then ``playbooks/image.yml``), an SSH key pair for the build user and, for
+  qemu, the NoCloud seed that creates that user.
+* :func:`build` runs ``packer build`` on one source and returns what its ``manifest`` post-processor recorded (never
+  read from Packer's log). Packer's messages stream to ``on_line``. On SIGINT (KeyboardInterrupt) Packer gets the
+  signal and cleans up; then anything left in its process group (its qemu) is killed, before the exception goes on.
+* Templates are staged into the work folder; ``plugins/plugins.pkr.hcl`` (``required_plugins``) joins them only for
+  Packer >= 1.7, which then runs ``packer init``. Packer 1.6.6 rejects that block, and it needs no plugins.
+* Every failure is a :class:`PackerError` that says what went wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal, cast, get_args
+
+import yaml
+
+from devserver import ansible_vars
+from devserver import catalog as catalog_module
+from devserver.images.artifact import Target
+from devserver.plan import Resolved
+from devserver.runner import ansible_root
+
+Source = Literal["qemu", "googlecompute", "azure-arm", "amazon-ebs", "openstack"]
+SOURCES: tuple[Source, ...] = get_args(Source)
+Accel = Literal["kvm", "tcg"]
+
+# The builder that makes each target's image in the cloud (`--builder cloud`); `local` has only qemu.
+CLOUD_SOURCES: dict[str, Source] = {
+    "gce": "googlecompute",
+    "azure": "azure-arm",
+    "aws": "amazon-ebs",
+    "openstack": "openstack",
+}
+# Debian's packer 1.6.6 runs the qemu source; the cloud sources use arguments of the current plugins (boot_mode,
+# imds_support, image_guest_os_features), which come with Packer >= 1.7 and `packer init`.
+MIN_VERSION: dict[Source, tuple[int, int, int]] = {
+    "qemu": (1, 6, 0),
+    "googlecompute": (1, 7, 0),
+    "azure-arm": (1, 7, 0),
+    "amazon-ebs": (1, 7, 0),
+    "openstack": (1, 7, 0),
+}
+PLUGINS_FROM = (1, 7, 0)
+# How long Packer may take to stop its VM and remove its output after SIGINT before its process group is killed.
+INTERRUPT_GRACE_S = 120.0
+
+# The qemu build user, made by the NoCloud seed; GCE and Azure create whichever user Packer names.
+BUILD_USER = "packer"
+# Where the user Packer logs in as is fixed by the stock image: AWS AMIs and cPouta's Glance images.
+_AWS_AMIS: dict[str, tuple[str, str, str, str]] = {
+    # os: (AMI name pattern, owner account, login user, root device) [Debian: wiki.debian.org/Cloud/AmazonEC2Image;
+    # Ubuntu: documentation.ubuntu.com/aws/en/latest/aws-how-to/instances/find-ubuntu-images/]
+    "debian-12": ("debian-12-amd64-*", "136693071363", "admin", "/dev/xvda"),
+    "ubuntu-22.04": ("ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*", "099720109477", "ubuntu", "/dev/sda1"),
+    "ubuntu-24.04": (
+        "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*",
+        "099720109477",
+        "ubuntu",
+        "/dev/sda1",
+    ),
+}
+_OPENSTACK_USERS = {"debian-12": "debian", "ubuntu-22.04": "ubuntu", "ubuntu-24.04": "ubuntu"}
+
+OnLine = Callable[[str], None]
+
+
+class PackerError(Exception):
+    """Packer missing, refusing the templates or failing a build: what went wrong and the fix (one error line)."""
+
+    def __init__(self, where: str, message: str, fix: str, log: Path | None = None) -> None:
+        super().__init__(f"{where}: {message} — fix: {fix}" + (f" (log: {log})" if log else ""))
+        self.where = where
+        self.message = message
+        self.fix = fix
+        self.log = log
+
+
+@dataclass(frozen=True)
+class PackerBuild:
+    """A build's inputs, written by :func:`prepare` into `workdir` (all paths inside it)."""
+
+    source: Source
+    workdir: Path
+    extravars_file: Path
+    playbook_file: Path
+    private_key: Path
+    public_key: str
+    seed_files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class PackerResult:
+    """What Packer built, as its manifest post-processor recorded it.
+
+    `artifact_id`: the cloud's image ID (GCE image name, ``region:ami-…``, Azure managed image ID, Glance image ID),
+    for qemu Packer's own ``VM``. `files`: the disk files (qemu), absolute paths.
+    """
+
+    source: Source
+    builder_type: str
+    artifact_id: str
+    files: tuple[Path, ...]
+    packer_version: tuple[int, int, int]
+    seconds: float
+
+
+def templates_root() -> Path:
+    """Folder holding the ``*.pkr.hcl`` templates: inside the installed package, or the source checkout."""
+    packaged = Path(__file__).resolve().parents[1] / "packer"
+    if (packaged / "build.pkr.hcl").is_file():
+        return packaged
+    checkout = Path(__file__).resolve().parents[3] / "images" / "packer"
+    if (checkout / "build.pkr.hcl").is_file():
+        return checkout
+    raise PackerError("images/packer", "the Packer templates are missing from this installation", "reinstall devserver")
+
+
+def packer_version(packer: str = "packer") -> tuple[int, int, int]:
+    """The version of the `packer` executable (a name on PATH or a path)."""
+    found = shutil.which(packer)
+    if found is None:
+        raise PackerError(
+            packer,
+            "is not installed",
+            "apt-get install packer (Debian's 1.6.6 runs the qemu builder), "
+            "or HashiCorp's current Packer (https://developer.hashicorp.com/packer/install)",
+        )
+    try:
+        proc = subprocess.run([found, "version"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PackerError(found, f"could not be run ({exc})", "check the packer installation") from None
+    match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", proc.stdout)
+    if proc.returncode != 0 or match is None:
+        raise PackerError(found, f"`packer version` gave {proc.stdout.strip()!r}", "check the packer installation")
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+def source_for(target: str, builder: str) -> Source:
+    """The Packer source that builds `target` with `builder` ('qemu' or 'cloud')."""
+    if builder == "qemu":
+        return "qemu"
+    if builder == "cloud" and target in CLOUD_SOURCES:
+        return CLOUD_SOURCES[target]
+    raise PackerError(
+        f"--builder {builder}",
+        f"cannot build the {target} target",
+        "use --builder qemu for local images, --builder cloud for gce, azure, aws or openstack",
+    )
+
+
+def render_vars(
+    resolved: Resolved,
+    source: Source,
+    *,
+    image_name: str,
+    base_disk: Path | None,
+    out_dir: Path,
+    build: PackerBuild,
+    accel: Accel = "tcg",
+    ansible_args: Sequence[str] = (),
+) -> dict[str, object]:
+    """The Packer variables for building `resolved` with `source`: every spec-derived value, in one place.
+
+    `image_name`: the artifact's name (spec name + inputs hash). `base_disk`: the qcow2 the qemu build boots (qemu
+    only, required there). `out_dir`: where the qemu builder writes its disk (must not exist yet). `build`: the
+    inputs :func:`prepare` wrote. `accel`: qemu's accelerator (kvm only where it really works).
+    `ansible_args`: more ansible-playbook arguments (a reduced run: ``["--tags", "devserver_base"]``).
+    """
+    spec = resolved.spec
+    work = build.workdir
+    user = _build_user(resolved, source)
+    if user == spec.ssh.admin_user:
+        raise PackerError(
+            "ssh.admin_user",
+            f"{user!r} is the user Packer logs in as while building, and it is removed from the image",
+            "choose another admin user",
+        )
+    ansible_bin = Path(sys.executable).with_name("ansible-playbook")
+    common: dict[str, object] = {
+        "image_name": image_name,
+        "image_family": spec.name,
+        "disk_size_gb": spec.disks.boot_gb,
+        "labels": {**spec.labels, "devserver": spec.name},
+        "build_user": user,
+        "ssh_private_key_file": str(build.private_key),
+        "ansible_playbook": str(ansible_bin) if ansible_bin.exists() else "ansible-playbook",
+        "ansible_config": str(ansible_root() / "ansible.cfg"),
+        "playbook_file": str(build.playbook_file),
+        "extravars_file": str(build.extravars_file),
+        "ansible_extra_arguments": list(ansible_args),
+        "known_hosts_file": str(work / "known_hosts"),
+        "manifest_file": str(work / "packer-manifest.json"),
+    }
+    return {**common, **_source_vars(resolved, source, base_disk=base_disk, out_dir=out_dir, build=build, accel=accel)}
+
+
+def _build_user(resolved: Resolved, source: Source) -> str:
+    os_name = resolved.spec.os
+    if source == "amazon-ebs":
+        return _AWS_AMIS[os_name][2]
+    if source == "openstack":
+        return _OPENSTACK_USERS[os_name]
+    return BUILD_USER
+
+
+def _source_vars(
+    resolved: Resolved, source: Source, *, base_disk: Path | None, out_dir: Path, build: PackerBuild, accel: Accel
+) -> dict[str, object]:
+    spec = resolved.spec
+    cloud = spec.cloud
+    machine = resolved.machine
+    if source == "qemu":
+        if base_disk is None:
+            raise PackerError("base_disk", "the qemu builder boots a base disk, and none was given", "build a base")
+        cpus, memory_gb = (cloud.cpus, cloud.memory_gb) if cloud.provider == "local" else (2, 4)
+        return {
+            "qemu_base_disk": str(base_disk),
+            "qemu_accel": accel,
+            "qemu_cpus": cpus,
+            "qemu_memory_mb": memory_gb * 1024,
+            "qemu_seed_files": [str(p) for p in build.seed_files],
+            "qemu_output_dir": str(out_dir),
+        }
+    if machine is None:
+        raise PackerError("machine", f"the {source} builder needs a machine type", "add machine.gpu or machine.type")
+    stock = catalog_module.load().clouds[cloud.provider].images[spec.os]
+    if source == "googlecompute" and cloud.provider == "gce":
+        # projects/<project>/global/images/family/<family>
+        parts = stock.split("/")
+        accelerator = ""
+        if machine.accelerator:
+            accelerator = f"projects/{cloud.project}/zones/{cloud.zone}/acceleratorTypes/{machine.accelerator}"
+        return {
+            "gce_project": cloud.project,
+            "gce_zone": cloud.zone,
+            "gce_machine_type": machine.type,
+            "gce_accelerator_type": accelerator,
+            "gce_accelerator_count": machine.gpu_count if machine.accelerator else 0,
+            "gce_source_image_project": parts[1],
+            "gce_source_image_family": parts[-1],
+        }
+    if source == "azure-arm" and cloud.provider == "azure":
+        generation = machine.hyperv_generation or 2
+        publisher, offer, sku, _version = stock.split(":")
+        return {
+            "azure_subscription_id": cloud.subscription_id,
+            "azure_location": cloud.location,
+            "azure_resource_group": cloud.resource_group,
+            "azure_vm_size": machine.type,
+            "azure_image_publisher": publisher,
+            "azure_image_offer": offer,
+            "azure_image_sku": sku if generation == 2 else _gen1_sku(sku),
+            "azure_hyperv_generation": f"V{generation}",
+        }
+    if source == "amazon-ebs" and cloud.provider == "aws":
+        name, owner, _user, root_device = _AWS_AMIS[spec.os]
+        return {
+            "aws_region": cloud.region,
+            "aws_instance_type": machine.type,
+            "aws_subnet_id": cloud.subnet_id or "",
+            "aws_source_ami_name": name,
+            "aws_source_ami_owner": owner,
+            "aws_root_device": root_device,
+            "aws_spot": spec.machine.spot,
+        }
+    if source == "openstack" and cloud.provider == "openstack":
+        return {
+            "openstack_cloud": cloud.cloud,
+            "openstack_region": cloud.region,
+            "openstack_flavor": machine.type,
+            "openstack_source_image": stock,
+            "openstack_floating_ip_network": cloud.external_network,
+        }
+    raise PackerError(
+        "cloud.provider",
+        f"a {cloud.provider} spec cannot be built with the {source} builder",
+        f"use the {CLOUD_SOURCES.get(cloud.provider, 'qemu')} builder for it",
+    )
+
+
+def _gen1_sku(sku: str) -> str:
+    """The Hyper-V generation 1 SKU beside a gen2 one: Debian's ``12-gen2`` → ``12``; Ubuntu 24.04's gen2 ``server``
+    → ``server-gen1`` (Canonical flipped the default with 24.04)."""
+    if sku.endswith("-gen2"):
+        return sku.removesuffix("-gen2")
+    return f"{sku}-gen1"
+
+
+def prepare(resolved: Resolved, source: Source, workdir: Path, *, target: Target | None = None) -> PackerBuild:
+    """Write the build's inputs into `workdir` (created; must be private to this build).
+
+    The variables are the provisioning playbook's in image mode (services not started, no reboot, no data volume)
+    and image.yml's for `target` (default: the spec's cloud), with the build user as the build-only account that
+    image_generalize removes and image_validate checks is gone. The build playbook imports
+    ``playbooks/devserver.yml``, then ``playbooks/image.yml``. The key pair is new for every build and lives only
+    in `workdir`.
+    """
+    target = target or resolved.spec.cloud.provider
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o700)
+    user = _build_user(resolved, source)
+    extravars = workdir / "extravars.json"
+    variables = {
+        **ansible_vars.role_vars(resolved, image_mode=True),
+        **ansible_vars.image_role_vars(resolved, target, build_users=[user]),
+    }
+    extravars.write_text(json.dumps(variables, indent=2, sort_keys=True))
+    playbooks = ansible_root() / "playbooks"
+    imports = [{"import_playbook": str(playbooks / name)} for name in ("devserver.yml", "image.yml")]
+    playbook = workdir / "build.yml"
+    playbook.write_text("---\n" + yaml.safe_dump(imports, sort_keys=False))
+    key = workdir / "build_key"
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "devserver-packer-build", "-f", str(key)], "ssh-keygen")
+    public = key.with_suffix(".pub").read_text().strip()
+    seeds: tuple[Path, ...] = ()
+    if source == "qemu":
+        seeds = _write_seed(workdir / "seed", user, public)
+    return PackerBuild(source, workdir, extravars, playbook, key, public, seeds)
+
+
+def _write_seed(folder: Path, user: str, public_key: str) -> tuple[Path, Path]:
+    """NoCloud user-data and meta-data: the build user with passwordless sudo and the build key, nothing else."""
+    folder.mkdir()
+    user_data = folder / "user-data"
+    config = {
+        "users": [
+            {
+                "name": user,
+                "shell": "/bin/bash",
+                "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "lock_passwd": True,
+                "ssh_authorized_keys": [public_key],
+            }
+        ],
+        "ssh_pwauth": False,
+    }
+    user_data.write_text("#cloud-config\n" + yaml.safe_dump(config, sort_keys=False))
+    meta_data = folder / "meta-data"
+    meta_data.write_text(yaml.safe_dump({"instance-id": f"packer-{os.getpid()}-{time.time_ns()}"}))
+    return user_data, meta_data
+
+
+@contextlib.contextmanager
+def staged_templates(workdir: Path, version: tuple[int, int, int]) -> Iterator[Path]:
+    """The templates copied into ``workdir/template`` — with the plugin pins for Packer >= 1.7 — removed after."""
+    folder = workdir / "template"
+    folder.mkdir()
+    root = templates_root()
+    try:
+        for path in sorted(root.glob("*.pkr.hcl")):
+            shutil.copy2(path, folder / path.name)
+        if version >= PLUGINS_FROM:
+            shutil.copy2(root / "plugins" / "plugins.pkr.hcl", folder / "plugins.pkr.hcl")
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def declared_variables(folder: Path | None = None) -> frozenset[str]:
+    """The variable names the templates in `folder` (default: :func:`templates_root`) declare."""
+    text = "".join(p.read_text() for p in sorted((folder or templates_root()).glob("*.pkr.hcl")))
+    return frozenset(re.findall(r'^variable\s+"([A-Za-z0-9_-]+)"', text, flags=re.MULTILINE))
+
+
+def _var_file(workdir: Path, variables: Mapping[str, object]) -> Path:
+    """Write `variables` as a var file. Packer only warns about a variable it does not declare: refuse it here."""
+    unknown = sorted(set(variables) - declared_variables())
+    if unknown:
+        raise PackerError(
+            "Packer variables",
+            f"{', '.join(unknown)} not declared in images/packer/variables.pkr.hcl",
+            "declare them there or stop passing them",
+        )
+    path = workdir / "devserver.pkrvars.json"
+    path.write_text(json.dumps(dict(variables), indent=2, sort_keys=True))
+    return path
+
+
+def _check_version(source: Source, version: tuple[int, int, int], packer: str) -> None:
+    if source not in SOURCES:
+        raise PackerError(f"source {source!r}", "is not a devserver Packer source", f"use one of {', '.join(SOURCES)}")
+    need = MIN_VERSION[source]
+    if version < need:
+        raise PackerError(
+            packer,
+            f"is {'.'.join(map(str, version))}; the {source} builder needs Packer >= {'.'.join(map(str, need))}",
+            "install HashiCorp's current Packer (https://developer.hashicorp.com/packer/install)",
+        )
+
+
+def validate(source: Source, variables: Mapping[str, object], *, syntax_only: bool, packer: str = "packer") -> None:
+    """``packer validate`` of the templates for `source` with `variables`.
+
+    `syntax_only`: HCL syntax and references only (what this machine can check for the cloud sources, whose
+    plugins and credentials it lacks). Otherwise the full check: variable validation blocks, the builder's own
+    configuration, files that must exist. Raises :class:`PackerError` carrying Packer's first complaint.
+    """
+    version = packer_version(packer)
+    if not syntax_only:
+        _check_version(source, version, packer)
+    with tempfile.TemporaryDirectory(prefix="devserver-packer-validate-") as tmp:
+        work = Path(tmp)
+        var_file = _var_file(work, variables)
+        with staged_templates(work, version) as folder:
+            if version >= PLUGINS_FROM and not syntax_only:
+                _init(packer, folder, work / "init.log")
+            argv = [packer, "validate", *(["-syntax-only"] if syntax_only else [])]
+            argv += [f"-only={source}.devserver", f"-var-file={var_file}", str(folder)]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False, cwd=work)
+    if proc.returncode != 0:
+        raise PackerError(
+            f"packer validate ({source})",
+            _complaint(proc.stdout + proc.stderr),
+            "correct the value named above (devserver.images.packer.render_vars maps it from the spec)",
+        )
+
+
+def _complaint(output: str) -> str:
+    """Packer's error as one line: its 'Error:' headline with the explanation that follows it."""
+    lines = [line.strip() for line in output.splitlines()]
+    for index, line in enumerate(lines):
+        if line.startswith("Error:") or line.startswith("* "):
+            detail = [
+                part
+                for part in lines[index + 1 : index + 12]
+                if part and not part.startswith(("on ", "(source code")) and not part.startswith("Error:")
+            ]
+            return " ".join([line.removeprefix("Error: "), *detail])[:600]
+    return (" ".join(line for line in lines if line) or "no output")[:600]
+
+
+def _init(packer: str, folder: Path, log: Path) -> None:
+    with log.open("w") as out:
+        proc = subprocess.run([packer, "init", str(folder)], stdout=out, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        raise PackerError("packer init", "could not install the pinned plugins", "check network access", log)
+
+
+def build(
+    source: Source,
+    variables: Mapping[str, object],
+    *,
+    workdir: Path,
+    on_line: OnLine | None = None,
+    packer: str = "packer",
+    log: Path | None = None,
+) -> PackerResult:
+    """Run ``packer build`` for `source` with `variables` (from :func:`render_vars`) and return its result.
+
+    Packer runs in its own process group with `workdir` as its folder; its messages go to `on_line` as they come
+    and, with everything else it prints, to `log` (default ``workdir/packer.log``). A failed build raises
+    :class:`PackerError` naming the log. On KeyboardInterrupt, Packer gets SIGINT and up to two minutes to stop
+    its VM and remove its output; whatever is still running in its group after that is killed.
+    """
+    version = packer_version(packer)
+    _check_version(source, version, packer)
+    log = log or workdir / "packer.log"
+    manifest = Path(str(variables.get("manifest_file", workdir / "packer-manifest.json")))
+    manifest.unlink(missing_ok=True)
+    started = time.monotonic()
+    var_file = _var_file(workdir, variables)
+    with staged_templates(workdir, version) as folder:
+        if version >= PLUGINS_FROM:
+            _init(packer, folder, workdir / "init.log")
+        argv = [packer, "build", "-machine-readable", "-color=false", f"-only={source}.devserver"]
+        argv += [f"-var-file={var_file}", str(folder)]
+        # TMPDIR: Packer's own temporary files (the seed ISO) go into the work folder and leave with it.
+        env = {**os.environ, "PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1", "TMPDIR": str(workdir)}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        rc = _run_streaming(argv, workdir, env, log, on_line)
+    if rc != 0:
+        raise PackerError(f"packer build ({source})", f"failed (exit {rc})", "see the end of the log", log)
+    return _read_manifest(manifest, source, version, time.monotonic() - started, log)
+
+
+def build_image(
+    resolved: Resolved,
+    source: Source,
+    *,
+    image_name: str,
+    out_dir: Path,
+    base_disk: Path | None = None,
+    accel: str = "tcg",
+    ansible_args: Sequence[str] = (),
+    on_line: OnLine | None = None,
+    packer: str = "packer",
+) -> PackerResult:
+    """Prepare, render and build in one go, in a private work folder beside `out_dir` that is removed afterwards
+    whatever happens (failure, KeyboardInterrupt). Packer's log is kept as ``<out_dir>.packer.log``.
+
+    qemu: the disk is ``<out_dir>/disk.qcow2`` (`out_dir` must not exist yet). `accel` is
+    :func:`devserver.images.qemu.detect_accel`'s answer.
+    """
+    if accel not in get_args(Accel):
+        raise PackerError(f"accel {accel!r}", "is not a qemu accelerator", "use kvm or tcg")
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists():
+        raise PackerError(str(out_dir), "exists already", "remove it, or give a new output folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.packer-", dir=out_dir.parent))
+    try:
+        prepared = prepare(resolved, source, workdir / "inputs")
+        variables = render_vars(
+            resolved,
+            source,
+            image_name=image_name,
+            base_disk=base_disk,
+            out_dir=out_dir,
+            build=prepared,
+            accel=cast(Accel, accel),
+            ansible_args=ansible_args,
+        )
+        log = out_dir.with_name(out_dir.name + ".packer.log")
+        return build(source, variables, workdir=workdir, on_line=on_line, packer=packer, log=log)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_streaming(argv: list[str], cwd: Path, env: dict[str, str], log: Path, on_line: OnLine | None) -> int:
+    """Run Packer, relaying its ``ui`` messages, and make sure nothing it started outlives it."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        try:
+            for raw in proc.stdout:
+                out.write(raw)
+                out.flush()
+                message = _ui_message(raw)
+                if message is not None and on_line is not None:
+                    on_line(message)
+            return proc.wait()
+        except BaseException:
+            _interrupt(proc, proc.stdout, out)
+            raise
+        finally:
+            _kill_group(proc.pid)
+
+
+def _interrupt(proc: subprocess.Popen[str], stdout: IO[str], out: IO[str]) -> None:
+    """SIGINT to Packer (as a terminal's Ctrl-C would), then let it clean up, still draining what it prints (a full
+    pipe would block it). After INTERRUPT_GRACE_S its whole process group is killed."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGINT)
+    deadline = threading.Timer(INTERRUPT_GRACE_S, _kill_group, [proc.pid])
+    deadline.start()
+    try:
+        for raw in stdout:
+            out.write(raw)
+        proc.wait()
+    finally:
+        deadline.cancel()
+
+
+def _ui_message(line: str) -> str | None:
+    """The text of a ``-machine-readable`` ``ui`` line (timestamp,target,ui,say|message|error,TEXT)."""
+    fields = line.rstrip("\n").split(",", 4)
+    if len(fields) == 5 and fields[2] == "ui" and fields[3] in ("say", "message", "error"):
+        text = fields[4].replace("%!(PACKER_COMMA)", ",").replace("\\n", "\n").replace("\\r", "")
+        return text.rstrip() or None
+    return None
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _read_manifest(
+    path: Path, source: Source, version: tuple[int, int, int], seconds: float, log: Path
+) -> PackerResult:
+    """The last run's build of `source` from the manifest post-processor's JSON."""
+    try:
+        data = json.loads(path.read_text())
+        run = data["last_run_uuid"]
+        entry = next(b for b in data["builds"] if b["packer_run_uuid"] == run)
+        files = tuple(Path(f["name"]).resolve() for f in entry.get("files") or ())
+        return PackerResult(source, str(entry["builder_type"]), str(entry["artifact_id"]), files, version, seconds)
+    except (OSError, ValueError, KeyError, StopIteration, TypeError) as exc:
+        raise PackerError(
+            str(path), f"Packer's manifest is missing or unreadable ({exc!r})", "see the end of the log", log
+        ) from None
+
+
+def _run(argv: list[str], what: str) -> None:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except FileNotFoundError:
+        raise PackerError(what, "is not installed", "apt-get install openssh-client") from None
+    if proc.returncode != 0:
+        raise PackerError(what, f"failed: {proc.stderr.strip()}", "check the tool's installation")
