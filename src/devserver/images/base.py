@@ -303,7 +303,7 @@ def extract(tarball: Path, dest: Path) -> None:
     if proc.returncode != 0:
         raise ImageBuildError(
             str(tarball),
-            f"cannot be extracted: {'; '.join(proc.stderr.split(chr(10))[:3]).strip()}",
+            f"cannot be extracted: {one_line(proc.stderr)}",
             "delete it so it is rebuilt",
         )
 
@@ -320,6 +320,12 @@ def _preflight(base: BaseSpec) -> None:
         raise ImageBuildError(
             keyring, f"is missing: mmdebstrap needs it to verify {base.distro}", "apt-get install ubuntu-keyring"
         )
+
+
+def one_line(text: str, limit: int = 600) -> str:
+    """A tool's stderr as one line for an error message: its non-blank lines joined with "; ", the end kept."""
+    joined = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    return joined if len(joined) <= limit else "…" + joined[-limit:]
 
 
 def _tail(path: Path, lines: int = 25) -> str:

@@ -36,7 +36,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from devserver.images.base import ROOT_LABEL, ImageBuildError
+from devserver.images.base import ROOT_LABEL, ImageBuildError, one_line
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -326,5 +326,5 @@ def _du_bytes(path: Path) -> int:
 def _run(argv: list[str], *, fix: str, input: str | None = None, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(argv, capture_output=True, text=True, input=input, env=env)
     if proc.returncode != 0:
-        raise ImageBuildError(argv[0], f"failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}", fix)
+        raise ImageBuildError(argv[0], f"failed (exit {proc.returncode}): {one_line(proc.stderr)}", fix)
     return proc.stdout

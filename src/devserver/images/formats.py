@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from devserver.images.artifact import TARGET_FORMATS, DiskFile, DiskFormat
-from devserver.images.base import ImageBuildError
+from devserver.images.base import ImageBuildError, one_line
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -243,7 +243,7 @@ def _compare(raw: Path, path: Path, fmt: str) -> None:
     if proc.returncode == 1:
         raise ImageBuildError(str(path), "does not hold the same disk as the raw image (qemu-img compare)", _FIX)
     if proc.returncode != 0:
-        raise ImageBuildError(str(path), f"cannot be compared: {proc.stderr.strip()[-500:]}", _FIX)
+        raise ImageBuildError(str(path), f"cannot be compared: {one_line(proc.stderr)}", _FIX)
 
 
 def _qemu_img(*args: str) -> str:
@@ -253,5 +253,5 @@ def _qemu_img(*args: str) -> str:
 def _tool(argv: list[str]) -> str:
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ImageBuildError(argv[0], f"{' '.join(argv[:3])} failed: {proc.stderr.strip()[-1000:]}", _FIX)
+        raise ImageBuildError(argv[0], f"{' '.join(argv[:3])} failed: {one_line(proc.stderr)}", _FIX)
     return proc.stdout

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from devserver.images.base import ImageBuildError
+from devserver.images.base import ImageBuildError, one_line
 
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -296,5 +296,5 @@ def _tail(path: Path, lines: int = 40) -> str:
 def _run(argv: list[str], env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise ImageBuildError(argv[0], f"failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}", "see above")
+        raise ImageBuildError(argv[0], f"failed (exit {proc.returncode}): {one_line(proc.stderr)}", "see above")
     return proc.stdout
