@@ -188,7 +188,7 @@ def build(resolved: Resolved, options: BuildOptions, progress: ProgressFn | None
             distro=resolved.spec.os,
             builder=options.builder,
             inputs_hash=key,
-            firmware=tuple(layout.firmware),  # type: ignore[arg-type]  # disk.assemble writes only bios/uefi
+            firmware=layout.firmware,
             hyperv_generation=_hyperv_generation(resolved, options.target),
             disks=tuple(files),
             components=components,
