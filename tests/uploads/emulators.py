@@ -163,6 +163,10 @@ filesystem_store_datadir = {scratch}/store
 filesystem_store_datadir = {scratch}/staging
 [os_glance_tasks_store]
 filesystem_store_datadir = {scratch}/tasks
+[oslo_policy]
+# Without keystone the request context has no roles; the legacy rules let that anonymous context own images.
+enforce_new_defaults = false
+enforce_scope = false
 """
 
 

@@ -48,7 +48,7 @@ def test_ebs_upload_registers_ami_with_only_data_blocks(make_artifact: ArtifactF
     folder = make_artifact("aws")
     manifest = load_manifest(folder)
     code, doc, stderr = run_upload_cli(str(folder), "--target", "aws")
-    assert code == 0, stderr
+    assert code == 0, (doc, stderr)
     assert doc["status"] == "registered"
     disk = manifest.primary
     assert doc["bytes_sent"] <= 1.05 * disk.allocated

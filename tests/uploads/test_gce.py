@@ -145,7 +145,7 @@ def test_upload_registers_an_image_in_the_family_with_features_and_labels(
     folder = make_artifact("gce")
     manifest = load_manifest(folder)
     code, doc, stderr = _cli(folder, bucket, compute)
-    assert code == 0, stderr
+    assert code == 0, (doc, stderr)
     assert doc["status"] == "registered"
     assert doc["location"] == f"gs://{bucket}/devserver/{manifest.name}.tar.gz"
     assert doc["bytes_sent"] == manifest.primary.file_size

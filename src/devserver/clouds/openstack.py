@@ -12,6 +12,7 @@ inputs hash) and uploads the data into again. Auth comes from clouds.yaml / ``OS
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar
 
@@ -64,12 +65,17 @@ def _fail(exc: Exception, doing: str, cloud: str | None) -> CloudError:
     if isinstance(exc, kexc.Unauthorized | oexc.HttpException) and getattr(exc, "status_code", None) == 401:
         return CloudError(f"{doing}{where}: authentication failed", "check the credentials in clouds.yaml / OS_*")
     if isinstance(exc, oexc.ForbiddenException):
-        return CloudError(f"{doing}{where}: forbidden ({exc.details})", "check the project's role")
+        return CloudError(f"{doing}{where}: forbidden ({_plain(exc.details)})", "check the project's role")
     if isinstance(exc, oexc.HttpException) and exc.status_code == 413:
         return CloudError(f"{doing}{where}: image quota exceeded", "delete unused images or ask for more quota")
     if isinstance(exc, oexc.SDKException | kexc.ClientException):
-        return CloudError(f"{doing}{where}: {exc}", "check clouds.yaml / OS_* and the image service endpoint")
+        return CloudError(f"{doing}{where}: {_plain(exc)}", "check clouds.yaml / OS_* and the image service endpoint")
     raise exc
+
+
+def _plain(text: object) -> str:
+    """An error body on one line: Glance's messages carry HTML line breaks."""
+    return " ".join(re.sub(r"<[^>]+>", " ", str(text)).split())
 
 
 @dataclass
@@ -91,8 +97,14 @@ class OpenStackUploader:
         return self._conn.image
 
     def _by_hash(self, manifest: Manifest) -> list[Any]:
+        """Images carrying the inputs hash. Glance filters on any property; openstacksdk's images() drops
+        unknown filters, so the query goes out as is and the property is checked again on what comes back."""
+        image_service = self._image()
         try:
-            return list(self._image().images(**{HASH_PROPERTY: manifest.inputs_hash}))
+            response = image_service.get(f"images?{HASH_PROPERTY}={manifest.inputs_hash}")
+            response.raise_for_status()
+            found = [r for r in response.json()["images"] if r.get(HASH_PROPERTY) == manifest.inputs_hash]
+            return [image_service.get_image(r["id"]) for r in found]
         except Exception as exc:
             raise _fail(exc, "listing images", self.cloud) from None
 
@@ -106,10 +118,10 @@ class OpenStackUploader:
     def upload(self, artifact: Artifact, meter: Meter) -> Uploaded:
         manifest = artifact.manifest
         image_service = self._image()
-        queued = [i for i in self._by_hash(manifest) if i.status == "queued"]
+        queued = [i for i in self._by_hash(manifest) if i.status in ("queued", "saving")]
         try:
             if queued:
-                image = queued[0]
+                image = self._reusable(queued[0])
             else:
                 image = image_service.create_image(
                     name=manifest.name,
@@ -122,7 +134,13 @@ class OpenStackUploader:
             size = artifact.disk.file_size
             meter.start(size)
             with artifact.disk_path.open("rb") as f:
-                image.upload(image_service, data=_CountingReader(f, meter, size), size=size)
+                try:
+                    image.upload(image_service, data=_CountingReader(f, meter, size), size=size).raise_for_status()
+                except BaseException:
+                    # Close the connection so Glance sees the upload end and returns the record to `queued`.
+                    self._conn.close()
+                    self._conn = None
+                    raise
             stored = image_service.get_image(image.id)
         except Exception as exc:
             raise _fail(exc, f"uploading {manifest.name}", self.cloud) from None
@@ -139,6 +157,18 @@ class OpenStackUploader:
             created=(f"Glance image {image.id}",),
             extra=(("image", image.id),),
         )
+
+    def _reusable(self, image: Any) -> Any:
+        """An image record an interrupted run left: once Glance has put it back to ``queued`` (it was ``saving``)."""
+        if image.status == "saving":
+            try:
+                return self._image().wait_for_status(image, status="queued", failures=["killed", "active"], wait=60)
+            except Exception:
+                raise CloudError(
+                    f"Glance image {image.id} is still receiving data from another upload",
+                    f"wait for it to finish, or delete it (openstack image delete {image.id}) and run again",
+                ) from None
+        return image
 
     def register(self, artifact: Artifact, uploaded: Uploaded) -> Image:
         """Glance registers as it stores: wait for the image to be ``active``."""
