@@ -86,7 +86,7 @@ def _spawn(
             emulator.stop()
             raise RuntimeError(f"{name} exited with {process.returncode}: {emulator.log()}")
         try:
-            urllib.request.urlopen(emulator.url + ready, timeout=2)  # noqa: S310 - loopback only
+            urllib.request.urlopen(emulator.url + ready, timeout=2)
             return emulator
         except urllib.error.HTTPError:
             return emulator  # answering at all is ready

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from dataclasses import asdict
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -25,14 +25,14 @@ EXIT_CLOUD = 1
 err = Console(stderr=True, highlight=False)
 
 
-class UploadTarget(str, Enum):
+class UploadTarget(StrEnum):
     gce = "gce"
     azure = "azure"
     aws = "aws"
     openstack = "openstack"
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     ebs = "ebs"
     s3 = "s3"
 
@@ -100,13 +100,16 @@ def upload(
 def run_upload(artifact: Path, target: str, options: UploadOptions, json_out: bool) -> UploadResult:
     """Build the target's uploader and publish; errors become one line and the exit code."""
     from devserver.clouds import SDK_MODULES, UPLOADERS
-    from devserver.clouds.common import publish
+    from devserver.clouds.common import open_artifact, publish
     from devserver.images.artifact import ArtifactError
 
     missing = [m for m in SDK_MODULES[target] if importlib.util.find_spec(m.split(".")[0]) is None]
     if missing:
-        fail(EXIT_CLOUD, f"--target {target} needs {', '.join(missing)}", f"pip install 'devserver[{target}]'", json_out)
+        fail(
+            EXIT_CLOUD, f"--target {target} needs {', '.join(missing)}", f"pip install 'devserver[{target}]'", json_out
+        )
     try:
+        open_artifact(artifact, target)  # the artifact's own problems first: they are the same on every cloud
         uploader = UPLOADERS[target](options)
         if json_out:
             return publish(uploader, artifact)

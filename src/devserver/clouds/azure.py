@@ -46,9 +46,13 @@ def image_model(manifest: Manifest, location: str, blob_url: str) -> Any:
 
     return models.Image(
         location=location,
-        hyper_v_generation=hyperv_generation(manifest),
-        storage_profile=models.ImageStorageProfile(
-            os_disk=models.ImageOSDisk(os_type="Linux", os_state="Generalized", blob_uri=blob_url, caching="ReadWrite"),
+        properties=models.ImageProperties(
+            hyper_v_generation=hyperv_generation(manifest),
+            storage_profile=models.ImageStorageProfile(
+                os_disk=models.ImageOSDisk(
+                    os_type="Linux", os_state="Generalized", blob_uri=blob_url, caching="ReadWrite"
+                ),
+            ),
         ),
         tags={HASH_KEY: manifest.inputs_hash, "devserver-family": manifest.family},
     )
@@ -73,7 +77,11 @@ def _fail(exc: Exception, doing: str) -> CloudError:
         return CloudError(f"{doing}: not found ({_first_line(exc)})", "create it, or pass an existing one")
     if isinstance(exc, aexc.HttpResponseError):
         code = getattr(exc, "error_code", None) or exc.status_code
-        if str(code).split(".")[-1].upper() in ("AUTHENTICATIONFAILED", "AUTHORIZATION_FAILURE", "AUTHORIZATIONFAILURE"):
+        if str(code).split(".")[-1].upper() in (
+            "AUTHENTICATIONFAILED",
+            "AUTHORIZATION_FAILURE",
+            "AUTHORIZATIONFAILURE",
+        ):
             return CloudError(
                 f"{doing}: authentication failed ({_first_line(exc)})",
                 "check the account key / connection string, or the role (Storage Blob Data Contributor)",
@@ -181,7 +189,10 @@ class AzureUploader:
                 blob.create_page_blob(
                     # Blob metadata names are C# identifiers: the hash key with underscores.
                     size,
-                    metadata={"sha256": artifact.disk.sha256, HASH_KEY.replace("-", "_"): artifact.manifest.inputs_hash},
+                    metadata={
+                        "sha256": artifact.disk.sha256,
+                        HASH_KEY.replace("-", "_"): artifact.manifest.inputs_hash,
+                    },
                 )
         except Exception as exc:
             raise _fail(exc, f"preparing page blob {self.container}/{name}") from None

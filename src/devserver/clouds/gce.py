@@ -91,7 +91,7 @@ def _fail(exc: Exception, doing: str, project: str, bucket: str = "") -> CloudEr
         return CloudError(f"{doing}: {exc}", "run `gcloud auth application-default login` or set a service account")
     if isinstance(exc, gexc.NotFound):
         what = f"bucket {bucket!r}" if bucket else f"project {project!r}"
-        return CloudError(f"{doing}: {what} not found", f"create it, or pass an existing one (--project/--bucket)")
+        return CloudError(f"{doing}: {what} not found", "create it, or pass an existing one (--project/--bucket)")
     if isinstance(exc, gexc.Forbidden | gexc.Unauthorized):
         return CloudError(
             f"{doing}: permission denied ({exc.message})", "grant storage.objectAdmin / compute.imageAdmin"
@@ -126,7 +126,7 @@ class GceUploader:
                 self._creds = AnonymousCredentials()  # type: ignore[no-untyped-call]
             else:
                 try:
-                    self._creds, _ = google.auth.default()  # type: ignore[no-untyped-call]
+                    self._creds, _ = google.auth.default()
                 except Exception as exc:
                     raise _fail(exc, "loading Google credentials", self.project) from None
         return self._creds
@@ -140,10 +140,10 @@ class GceUploader:
         return self._images
 
     def check(self) -> None:
-        from google.cloud import storage
+        from google.cloud.storage import Client
 
         try:
-            storage.Client(project=self.project, credentials=self._credentials()).get_bucket(self.bucket)
+            Client(project=self.project, credentials=self._credentials()).get_bucket(self.bucket)
         except Exception as exc:
             raise _fail(exc, f"opening gs://{self.bucket}", self.project, self.bucket) from None
 
@@ -163,7 +163,7 @@ class GceUploader:
     def upload(self, artifact: Artifact, meter: Meter) -> Uploaded:
         from google.auth.transport.requests import AuthorizedSession
 
-        session = AuthorizedSession(self._credentials())
+        session = AuthorizedSession(self._credentials())  # type: ignore[no-untyped-call]
         size = artifact.disk.file_size
         state = load_state(artifact, self.target, _State)
         offset = None
@@ -191,7 +191,8 @@ class GceUploader:
                     result = response.json()
                 else:
                     raise CloudError(
-                        f"uploading gs://{self.bucket}/{state.object}: HTTP {response.status_code} {response.text[:200]}",
+                        f"uploading gs://{self.bucket}/{state.object}: "
+                        f"HTTP {response.status_code} {response.text[:200]}",
                         "run the same command again to resume",
                     )
         if result.get("crc32c") != state.crc32c or result.get("md5Hash") != state.md5:
@@ -206,7 +207,7 @@ class GceUploader:
 
     def _start(self, artifact: Artifact) -> _State:
         import google_crc32c
-        from google.cloud import storage
+        from google.cloud.storage import Client
 
         crc = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
         md5 = hashlib.md5()  # noqa: S324 - GCS's own object checksum
@@ -222,7 +223,7 @@ class GceUploader:
             crc32c=base64.b64encode(crc.digest()).decode(),  # type: ignore[no-untyped-call]
             md5=base64.b64encode(md5.digest()).decode(),
         )
-        client = storage.Client(project=self.project, credentials=self._credentials())
+        client = Client(project=self.project, credentials=self._credentials())
         try:
             bucket = client.get_bucket(self.bucket)
             blob = bucket.blob(state.object)
@@ -261,10 +262,10 @@ class GceUploader:
         return Image(image_id, artifact.manifest.name)
 
     def discard(self, uploaded: Uploaded) -> tuple[str, ...]:
-        from google.cloud import storage
+        from google.cloud.storage import Client
 
         try:
-            client = storage.Client(project=self.project, credentials=self._credentials())
+            client = Client(project=self.project, credentials=self._credentials())
             client.bucket(self.bucket).blob(uploaded.get("object")).delete()
         except Exception:
             return uploaded.created
