@@ -217,6 +217,10 @@ def _outcome(kind: str, data: dict[str, Any]) -> TaskEvent | None:
         return TaskEvent(host, task, "changed" if res.get("changed") else "ok", str(res.get("msg", "")))
     if kind == "runner_on_failed":
         message = res.get("msg") or res.get("stderr") or res.get("stdout") or ""
+        # A loop's own msg is only "One or more items failed": say which items, and why.
+        items = [r for r in res.get("results") or [] if isinstance(r, dict) and r.get("failed")]
+        if items:
+            message = "; ".join(str(r.get("msg") or r.get("stderr") or r.get("item", "")).strip() for r in items)
         return TaskEvent(host, task, "failed", str(message).strip()[-2000:])
     if kind == "runner_on_unreachable":
         return TaskEvent(host, task, "unreachable", str(res.get("msg", "")).strip())
