@@ -266,6 +266,9 @@ def _provisioned_tree(
     timings["base"] = time.monotonic() - started
     base.extract(tarball, rootfs)
     _run(rootfs, "devserver.yml", provision_vars(resolved), "provision", report, work)
+    # The downloaded .debs (GiBs with CUDA) are not part of the tree: image_generalize would drop them anyway.
+    for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_name(f"{cached.name}.partial-{os.getpid()}")
     try:
