@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -160,6 +161,11 @@ def image_build(
         elif what.status == "failed":
             out.print(f"  [red]failed[/] {what.task}: {what.message[:400]}")
 
+    from devserver.images.base import ImageBuildError
+    from devserver.images.chroot import ChrootError
+
+    # SIGTERM (a CI timeout, `kill`) cleans up like Ctrl-C: the chroot's mounts and the work folder go.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if status is not None:
             status.start()
@@ -167,11 +173,27 @@ def image_build(
     except build_module.BuildError as exc:
         if status is not None:
             status.stop()
-        _fail(f"image build failed in {exc.phase}: {exc.message}", _build_fix(exc), 1, json_out)
+        _fail(f"image build failed in {exc.phase}: {exc.message}", _build_fix(exc), EXIT_FAILED, json_out)
+    except ImageBuildError as exc:
+        if status is not None:
+            status.stop()
+        _fail(f"image build failed: {exc.where}: {exc.message}", exc.fix, EXIT_FAILED, json_out)
+    except ChrootError as exc:
+        if status is not None:
+            status.stop()
+        _fail(f"image build failed preparing the chroot: {exc}", "run as root on a local filesystem", 1, json_out)
+    except KeyboardInterrupt:
+        if status is not None:
+            status.stop()
+        _fail("image build interrupted; mounts and work folder removed", "run the same command again", 130, json_out)
     finally:
         if status is not None:
             status.stop()
     _render_result(result, json_out)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _build_fix(exc: Exception) -> str:

@@ -111,13 +111,16 @@ def finish_vars(resolved: Resolved, target: Target) -> dict[str, object]:
 def provision_key(resolved: Resolved) -> str:
     """Cache key of the provisioned tree: base inputs, playbooks and roles, role variables."""
     from devserver.images import base
+    from devserver.update import roles
 
     root = ansible_root()
+    # Only what devserver.yml runs: the image roles (image.yml) belong to the finish stage's hash.
+    parts = ("ansible.cfg", "plugins", "playbooks/devserver.yml", *(f"roles/{name}" for name in roles()))
     return _digest(
         {
             "recipe": RECIPE_VERSION,
             "base": base.base_key(base.BaseSpec.from_spec(resolved.spec)),
-            "ansible": _tree_hash(root, ("ansible.cfg", "playbooks", "roles", "plugins")),
+            "ansible": _tree_hash(root, parts),
             "vars": provision_vars(resolved),
         }
     )
@@ -132,6 +135,7 @@ def inputs_hash(resolved: Resolved, target: Target, builder: Builder) -> str:
             "target": target,
             "builder": builder,
             "vars": finish_vars(resolved, target),
+            "image_playbook": _tree_hash(ansible_root(), ("playbooks", "roles")),
             "formats": artifact.TARGET_FORMATS[target],
             "code": _tree_hash(images_code, tuple(sorted(p.name for p in images_code.glob("*.py")))),
         }
