@@ -43,7 +43,8 @@ def offline_spec(out: Path) -> Iterator[Path]:
 
     cache = Path.home() / ".cache" / "devserver-tests"
     root = fixture_repo.build_fixture_repo(cache / "nvidia-fixture-repo", toolkit_version=versions.CONTAINER_TOOLKIT)
-    with fixture_repo.serve(root, "127.0.0.1", port=0) as repo:
+    # A fixed port: the same spec on every run, so an unchanged image is not rebuilt.
+    with fixture_repo.serve(root, "127.0.0.1", port=33979) as repo:
         spec = yaml.safe_load((ROOT / "src" / "devserver" / "data" / "local.yaml").read_text())
         spec["repositories"] = {
             "container_toolkit_repo": repo.toolkit_url,

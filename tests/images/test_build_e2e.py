@@ -34,6 +34,9 @@ from devserver.images.artifact import TARGET_FORMATS, load_manifest  # noqa: E40
 from tests.support import fixture_repo  # noqa: E402
 
 BUILD_TIMEOUT_S = 3000
+# A fixed port keeps the fixture's URLs, so the spec's role variables, so the cached provisioned tree, the same from
+# one run to the next (the fixture's build id is stable while its cached build is).
+TOOLKIT_PORT = 33979
 
 
 def cache_root() -> Path:
@@ -49,7 +52,7 @@ def toolkit_repo() -> Iterator[fixture_repo.FixtureRepo]:
     root = fixture_repo.build_fixture_repo(
         cache_root() / "nvidia-fixture-repo", toolkit_version=versions.CONTAINER_TOOLKIT
     )
-    with fixture_repo.serve(root, "127.0.0.1", port=0) as repo:
+    with fixture_repo.serve(root, "127.0.0.1", port=TOOLKIT_PORT) as repo:
         yield repo
 
 
