@@ -313,10 +313,12 @@ def prepare(resolved: Resolved, source: Source, workdir: Path, *, target: Target
     """Write the build's inputs into `workdir` (created; must be private to this build).
 
     The variables are the provisioning playbook's in image mode (services not started, no reboot, no data volume)
-    and image.yml's for `target` (default: the spec's cloud), with the build user as the build-only account that
-    image_generalize removes and image_validate checks is gone. The build playbook imports
-    ``playbooks/devserver.yml``, then ``playbooks/image.yml``. The key pair is new for every build and lives only
-    in `workdir`.
+    and image.yml's for `target` (default: the spec's cloud). The build user is not handed to image_generalize:
+    Ansible is logged in as that user and becomes root through its sudo, which stops working the moment the account
+    is deleted ("you do not exist in the passwd database"), so every later task would fail. The templates remove it
+    instead, in the last root shell of the build (the qemu shutdown_command, the cloud sources' last provisioner).
+    The build playbook imports ``playbooks/devserver.yml``, then ``playbooks/image.yml``. The key pair is new for
+    every build and lives only in `workdir`.
     """
     target = target or resolved.spec.cloud.provider
     workdir.mkdir(parents=True, exist_ok=True)
@@ -325,7 +327,7 @@ def prepare(resolved: Resolved, source: Source, workdir: Path, *, target: Target
     extravars = workdir / "extravars.json"
     variables = {
         **ansible_vars.role_vars(resolved, image_mode=True),
-        **ansible_vars.image_role_vars(resolved, target, build_users=[user]),
+        **ansible_vars.image_role_vars(resolved, target),
     }
     extravars.write_text(json.dumps(variables, indent=2, sort_keys=True))
     playbooks = ansible_root() / "playbooks"
@@ -588,8 +590,11 @@ def _ui_message(line: str) -> str | None:
     """The text of a ``-machine-readable`` ``ui`` line (timestamp,target,ui,say|message|error,TEXT)."""
     fields = line.rstrip("\n").split(",", 4)
     if len(fields) == 5 and fields[2] == "ui" and fields[3] in ("say", "message", "error"):
-        text = fields[4].replace("%!(PACKER_COMMA)", ",").replace("\\n", "\n").replace("\\r", "")
-        return text.rstrip() or None
+        text = fields[4].replace("%!(PACKER_COMMA)", ",").replace("\\n", "\n").replace("\\r", "").rstrip()
+        # Packer frames a provisioner's output with lines that are only the build's name ("qemu.devserver:")
+        if re.fullmatch(r"\s*(==> )?[\w-]+\.devserver:", text) or not text:
+            return None
+        return text
     return None
 
 
