@@ -219,3 +219,20 @@ def test_missing_bucket_and_missing_project_are_clear_cloud_errors(
     code, doc, _ = _cli(folder, bucket, compute, project="no-such-project")
     assert code == 1
     assert "project 'no-such-project' not found" in doc["error"]
+
+
+def test_human_output_reports_the_registered_image(
+    bucket: str, compute: ComputeFixture, make_artifact: ArtifactFactory
+) -> None:
+    from typer.testing import CliRunner
+
+    from tests.uploads.conftest import upload_app
+
+    folder = make_artifact("gce")
+    args = ["upload", str(folder), "--target", "gce", "--project", PROJECT, "--bucket", bucket]
+    result = CliRunner().invoke(upload_app(), [*args, "--compute-endpoint", compute.url])
+    assert result.exit_code == 0, result.stderr
+    name = load_manifest(folder).name
+    assert result.stdout.startswith(f"✓ gce: registered {name} (")
+    again = CliRunner().invoke(upload_app(), [*args, "--compute-endpoint", compute.url])
+    assert again.stdout.startswith(f"✓ gce: {name} already registered")

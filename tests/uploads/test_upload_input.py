@@ -127,3 +127,17 @@ def test_registry_covers_every_cloud_target() -> None:
     clouds = set(TARGET_FORMATS) - {"local"}
     assert set(UPLOADERS) == clouds
     assert set(SDK_MODULES) == clouds
+
+
+def test_the_upload_command_imports_no_cloud_sdk() -> None:
+    """Loading the command (what `devserver --help` does) must not pay for any cloud SDK."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, devserver.cli.upload, devserver.clouds;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('boto3', 'botocore', 'azure', 'google', 'openstack', 'keystoneauth1')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

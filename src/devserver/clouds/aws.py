@@ -357,13 +357,14 @@ class AwsUploader:
             ec2.create_tags(Resources=[image_id], Tags=self._tags(manifest))
 
     def _wait_snapshot(self, ec2: Any, snapshot: str) -> None:
-        """EBS direct snapshots turn `completed` asynchronously after CompleteSnapshot."""
+        """EBS direct snapshots turn `completed` asynchronously after CompleteSnapshot (within 30 minutes)."""
+        deadline = time.monotonic() + 1800
         while True:
             state = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["State"]
             if state == "completed":
                 return
-            if state == "error":
-                raise CloudError(f"snapshot {snapshot} is in state error", "run the upload again")
+            if state == "error" or time.monotonic() > deadline:
+                raise CloudError(f"snapshot {snapshot} is in state {state}", "run the upload again")
             time.sleep(2)
 
     def discard(self, uploaded: Uploaded) -> tuple[str, ...]:
