@@ -16,7 +16,7 @@ import errno
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol, TypeVar
 
@@ -144,7 +144,6 @@ class UploadResult:
     virtual_size: int = 0
     resumed: bool = False
     seconds: float = 0.0
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
 
 class Uploader(Protocol):
