@@ -23,7 +23,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from devserver.runner import RunSummary, TaskEvent
@@ -95,16 +95,18 @@ def run_playbook(
     playbook: str,
     extravars: dict[str, object],
     *,
+    tags: Sequence[str] = (),
     on_event: Callable[[TaskEvent | str], None] | None = None,
 ) -> RunSummary:
-    """Run playbooks/`playbook` inside `rootfs` (prepared for the run) and summarise it. `on_event` as in
-    :func:`devserver.runner.run`. Raises ValueError for a playbook other than devserver.yml / image.yml."""
+    """Run playbooks/`playbook` inside `rootfs` (prepared for the run) and summarise it. `tags` selects roles or
+    phases (<role>, <role>_install, <role>_configure); `on_event` as in :func:`devserver.runner.run`. Raises
+    ValueError for a playbook other than devserver.yml / image.yml."""
     from devserver import runner
 
     if playbook not in PLAYBOOKS:
         raise ValueError(f"playbook {playbook!r}: a chroot build runs one of {', '.join(PLAYBOOKS)}")
     with prepared(rootfs) as root:
-        return runner.run(playbook, inventory(root), extravars, on_event=on_event)
+        return runner.run(playbook, inventory(root), extravars, tags=tags, on_event=on_event)
 
 
 def inventory(root: Path) -> dict[str, object]:
