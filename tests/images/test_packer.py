@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -341,5 +342,6 @@ def test_sigint_stops_packer_and_its_qemu_and_leaves_no_files(base_qcow2: Path, 
     assert "KeyboardInterrupt" in rest
     assert _qemu_processes_using(tmp_path) == []
     assert stopped_after < packer.INTERRUPT_GRACE_S, "Packer should stop on SIGINT, not be killed after the grace"
-    # Packer removed its output folder; our work folder went too; only the log is left
+    # Packer removed its output folder; our work folder and Packer's TMPDIR went too; only the log is left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.packer.log"]
+    assert list(Path(tempfile.gettempdir()).glob("devserver-packer-*")) == []

@@ -489,10 +489,15 @@ def build(
             _init(packer, folder, workdir / "init.log")
         argv = [packer, "build", "-machine-readable", "-color=false", f"-only={source}.devserver"]
         argv += [f"-var-file={var_file}", str(folder)]
-        # TMPDIR: Packer's own temporary files (the seed ISO) go into the work folder and leave with it.
-        env = {**os.environ, "PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1", "TMPDIR": str(workdir)}
+        # TMPDIR: Packer's own temporary files (the seed ISO, its plugins' sockets) in a folder of this build that
+        # leaves with it; short, under the system's temp folder, as a Unix socket path has at most 107 bytes.
+        packer_tmp = tempfile.mkdtemp(prefix="devserver-packer-")
+        env = {**os.environ, "PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1", "TMPDIR": packer_tmp}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        rc = _run_streaming(argv, workdir, env, log, on_line)
+        try:
+            rc = _run_streaming(argv, workdir, env, log, on_line)
+        finally:
+            shutil.rmtree(packer_tmp, ignore_errors=True)
     if rc != 0:
         raise PackerError(f"packer build ({source})", f"failed (exit {rc})", "see the end of the log", log)
     return _read_manifest(manifest, source, version, time.monotonic() - started, log)
