@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 
 import typer
 
+from devserver.cli.upload import upload
+
 if TYPE_CHECKING:
     from devserver.images.artifact import Manifest
     from devserver.images.qemu import BootedVM
@@ -352,8 +354,5 @@ def _booted(
     )  # fmt: skip
 
 
-def register_upload() -> None:
-    """Add `image upload` (its options live with the uploaders, in devserver.cli.upload)."""
-    from devserver.cli.upload import upload
-
-    image_app.command("upload")(upload)
+# `image upload`: its options and logic live with the uploaders (devserver.cli.upload, cloud SDKs imported lazily).
+image_app.command("upload")(upload)

@@ -13,16 +13,15 @@ import sys
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from rich.console import Console
 
-from devserver.clouds.common import CloudError, OptionError, ProgressEvent, Uploader, UploadOptions, UploadResult
+if TYPE_CHECKING:
+    from devserver.clouds.common import ProgressEvent, Uploader, UploadOptions, UploadResult
 
 EXIT_INPUT = 2
 EXIT_CLOUD = 1
-err = Console(stderr=True, highlight=False)
 
 
 class UploadTarget(StrEnum):
@@ -79,6 +78,8 @@ def upload(
     Sparse-aware (only data is sent to Azure and AWS) and resumable: an interrupted upload continues where it
     stopped when the same command runs again.
     """
+    from devserver.clouds.common import UploadOptions
+
     options = UploadOptions(
         project=project,
         bucket=bucket,
@@ -100,7 +101,7 @@ def upload(
 def run_upload(artifact: Path, target: str, options: UploadOptions, json_out: bool) -> UploadResult:
     """Build the target's uploader and publish; errors become one line and the exit code."""
     from devserver.clouds import SDK_MODULES, UPLOADERS
-    from devserver.clouds.common import open_artifact, publish
+    from devserver.clouds.common import CloudError, OptionError, open_artifact, publish
     from devserver.images.artifact import ArtifactError
 
     missing = [m for m in SDK_MODULES[target] if importlib.util.find_spec(m.split(".")[0]) is None]
@@ -129,6 +130,9 @@ def _with_progress(uploader: Uploader, artifact: Path) -> UploadResult:
     from devserver.clouds.common import publish
 
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    from rich.console import Console
+
+    err = Console(stderr=True, highlight=False)
     with Progress("[progress.description]{task.description}", *columns, console=err, transient=True) as bar:
         task = bar.add_task("uploading", total=None)
 
@@ -143,6 +147,9 @@ def fail(code: int, message: str, fix: str, json_out: bool) -> NoReturn:
     if json_out:
         sys.stdout.write(json.dumps({"ok": False, "error": line}, indent=2) + "\n")
     else:
+        from rich.console import Console
+
+        err = Console(stderr=True, highlight=False)
         err.print("[bold red]error[/]: ", end="")
         err.out(line, highlight=False)
     raise typer.Exit(code)
@@ -152,6 +159,8 @@ def render(result: UploadResult, json_out: bool) -> None:
     if json_out:
         sys.stdout.write(json.dumps({"ok": True, **asdict(result)}, indent=2) + "\n")
         return
+    from rich.console import Console
+
     out = Console(highlight=False)
     if result.status == "already-registered":
         out.print(f"✓ {result.target}: {result.image.name} already registered ({result.image.id}); nothing uploaded")
