@@ -122,8 +122,12 @@ def image_build(
     target: Annotated[TargetName, typer.Option("--target", help="The cloud (or local qemu) the image is for.")],
     spec: SpecOption = None,
     builder: Annotated[
-        Literal["auto", "chroot"],
-        typer.Option("--builder", help="chroot (offline, fast); auto: chroot."),
+        Literal["auto", "chroot", "qemu", "cloud"],
+        typer.Option(
+            "--builder",
+            help="chroot (offline, fast), qemu (Packer boots the base disk), cloud (Packer builds in the cloud); "
+            "auto: qemu where KVM really works and Packer is installed, else chroot.",
+        ),
     ] = "auto",
     out_dir: Annotated[Path, typer.Option("--out", help="Where artifact folders go.")] = Path("artifacts"),
     cache_dir: CacheOption = None,
@@ -142,13 +146,21 @@ def image_build(
     from devserver.images import build as build_module
 
     resolved = resolve_or_exit(default_spec(spec), json_out)
-    options = build_module.BuildOptions(target=target, out_dir=out_dir, cache_dir=_cache_dir(cache_dir), force=force)
-    key = build_module.inputs_hash(resolved, target, "chroot")
+    chosen = _choose_builder(builder)
+    if chosen == "cloud":
+        _build_in_cloud(resolved, target, json_out)
+        return
+    options = build_module.BuildOptions(
+        target=target, out_dir=out_dir, cache_dir=_cache_dir(cache_dir), builder=chosen, force=force
+    )
+    key = build_module.inputs_hash(resolved, target, chosen)
     found = None if force else build_module.existing(build_module.artifact_folder(resolved, options, key), key)
     if found is None:
-        _need_root("devserver image build --builder chroot", json_out)
+        _need_root(f"devserver image build --builder {chosen}", json_out)
     if not json_out:
-        out.print(f"[bold]devserver image build[/] {resolved.spec.name} → {target} (chroot builder, inputs {key[:12]})")
+        out.print(
+            f"[bold]devserver image build[/] {resolved.spec.name} → {target} ({chosen} builder, inputs {key[:12]})"
+        )
     status = None if json_out else err.status("starting", spinner="dots")
     started = {"phase": "", "at": time.monotonic()}
 
@@ -192,6 +204,34 @@ def image_build(
         if status is not None:
             status.stop()
     _render_result(result, json_out)
+
+
+def _choose_builder(builder: str) -> Literal["chroot", "qemu", "cloud"]:
+    """auto: Packer's qemu builder where KVM really works (under TCG a driver build takes hours), else chroot."""
+    if builder != "auto":
+        return builder  # type: ignore[return-value]  # the Literal option admits only these
+    import shutil
+
+    from devserver.images import qemu
+
+    return "qemu" if shutil.which("packer") and qemu.detect_accel() == "kvm" else "chroot"
+
+
+def _build_in_cloud(resolved: Resolved, target: str, json_out: bool) -> None:
+    from devserver.cli.render import out
+    from devserver.images import build as build_module
+    from devserver.images.packer import PackerError
+
+    if target == "local":
+        _fail("--builder cloud: a local image is not built in a cloud", "use --builder chroot or qemu", 2, json_out)
+    try:
+        image_id = build_module.build_in_cloud(resolved, target)  # type: ignore[arg-type]  # checked above
+    except PackerError as exc:
+        _fail(f"packer: {exc.where}: {exc.message}", exc.fix, EXIT_FAILED, json_out)
+    if json_out:
+        sys.stdout.write(json.dumps({"ok": True, "target": target, "image": image_id}, indent=2) + "\n")
+    else:
+        out.print(f"[green]✓[/] built in {target}: {image_id}")
 
 
 def _interrupt(signum: int, _frame: object) -> None:

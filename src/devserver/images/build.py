@@ -162,8 +162,10 @@ def build(resolved: Resolved, options: BuildOptions, progress: ProgressFn | None
     folder = artifact_folder(resolved, options, key)
     if not options.force and (found := existing(folder, key)) is not None:
         return BuildResult(folder, found, skipped=True)
+    if options.builder == "qemu":
+        return _build_with_packer(resolved, options, key, folder, report)
     if options.builder != "chroot":
-        raise BuildError("build", f"the {options.builder} builder is run through devserver.images.packer")
+        raise BuildError("build", f"the {options.builder} builder makes its image in the cloud: use build_in_cloud()")
 
     options.out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -184,27 +186,90 @@ def build(resolved: Resolved, options: BuildOptions, progress: ProgressFn | None
             shutil.rmtree(rootfs)  # the disk holds it now; frees the space before the formats are written
         with _phase(timings, "formats", report, ", ".join(f for f, _ in artifact.TARGET_FORMATS[options.target])):
             files: list[DiskFile] = formats.write_formats(raw, options.target, staging)
-        (staging / "spec.yaml").write_text(yaml.safe_dump(resolved.spec.model_dump(mode="json"), sort_keys=False))
-        manifest = Manifest(
-            name=f"{resolved.spec.name}-{key[:12]}",
-            family=resolved.spec.name,
-            target=options.target,
-            distro=resolved.spec.os,
-            builder=options.builder,
-            inputs_hash=key,
-            firmware=layout.firmware,
-            hyperv_generation=_hyperv_generation(resolved, options.target),
-            disks=tuple(files),
-            components=components,
-            timings={name: round(seconds, 1) for name, seconds in timings.items()},
-            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            spec_file="spec.yaml",
-        )
-        artifact.write_manifest(staging, manifest)
+        manifest = _write_artifact(resolved, options, key, staging, files, layout.firmware, components, timings)
         if folder.exists():
             shutil.rmtree(folder)  # an older, incomplete or forced-over build of the same inputs
         staging.rename(folder)
     return BuildResult(folder, manifest, skipped=False, timings=manifest.timings)
+
+
+def build_in_cloud(resolved: Resolved, target: Target, on_line: Callable[[str], None] | None = None) -> str:
+    """Build the image inside the cloud with Packer's builder for `target` (googlecompute, azure-arm, amazon-ebs,
+    openstack), running the same playbooks; returns the cloud's image ID. Needs Packer >= 1.7 and credentials."""
+    from devserver.images import packer
+
+    source = packer.source_for(target, "cloud")
+    name = f"{resolved.spec.name}-{inputs_hash(resolved, target, 'cloud')[:12]}"
+    with _scratch() as work:
+        result = packer.build_image(resolved, source, image_name=name, out_dir=work / "out", on_line=on_line)
+    return result.artifact_id
+
+
+def _build_with_packer(
+    resolved: Resolved, options: BuildOptions, key: str, folder: Path, report: ProgressFn
+) -> BuildResult:
+    """The qemu builder: Packer boots the base disk (KVM where it works) and runs the playbooks over SSH."""
+    from devserver.images import base, disk, formats, packer, qemu
+
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    with _workspace(options.out_dir, key) as work:
+        with _phase(timings, "base", report, "base rootfs as a bootable disk for Packer"):
+            tarball = base.build_base(base.BaseSpec.from_spec(resolved.spec), options.cache_dir, log=work / "base.log")
+            base.extract(tarball, work / "rootfs")
+            disk.assemble(work / "rootfs", work / "base.raw")
+            shutil.rmtree(work / "rootfs")
+            _qemu_img("convert", "-O", "qcow2", str(work / "base.raw"), str(work / "base.qcow2"))
+            (work / "base.raw").unlink()
+        accel = qemu.detect_accel()
+        with _phase(timings, "packer", report, f"packer qemu build ({accel}): devserver.yml, then image.yml"):
+            try:
+                result = packer.build_image(
+                    resolved, "qemu", image_name=f"{resolved.spec.name}-{key[:12]}", out_dir=work / "packer-out",
+                    base_disk=work / "base.qcow2", accel=accel, on_line=lambda line: report("packer", line),
+                )  # fmt: skip
+            except packer.PackerError as exc:
+                raise BuildError("packer", f"{exc.where}: {exc.message} — {exc.fix}", exc.log) from None
+        raw = work / "disk.raw"
+        _qemu_img("convert", "-O", "raw", str(result.files[0]), str(raw))
+        shutil.rmtree(work / "packer-out")
+        components = _components_on_disk(raw, disk.ROOT_START)
+        staging = work / "artifact"
+        staging.mkdir()
+        with _phase(timings, "formats", report, ", ".join(f for f, _ in artifact.TARGET_FORMATS[options.target])):
+            files = formats.write_formats(raw, options.target, staging)
+        manifest = _write_artifact(resolved, options, key, staging, files, ("bios", "uefi"), components, timings)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    return BuildResult(folder, manifest, skipped=False, timings=manifest.timings)
+
+
+def _qemu_img(*args: str) -> None:
+    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError("disk", f"qemu-img {args[0]} failed: {proc.stderr.strip()[-400:]}")
+
+
+def _components_on_disk(raw: Path, root_offset: int) -> dict[str, str]:
+    """image_validate's components file, read from the ext4 root inside `raw` with debugfs (no mount, no loop)."""
+    proc = subprocess.run(
+        ["debugfs", "-R", f"cat /{COMPONENTS_FILE}", f"{raw}?offset={root_offset}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        raise BuildError("packer", f"the image holds no readable /{COMPONENTS_FILE}: {proc.stderr.strip()}") from None
+    return {str(k): str(v) for k, v in data.items()}
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="devserver-cloud-build-") as work:
+        yield Path(work)
 
 
 def _hyperv_generation(resolved: Resolved, target: Target) -> str | None:
@@ -214,6 +279,37 @@ def _hyperv_generation(resolved: Resolved, target: Target) -> str | None:
     machine = resolved.machine if resolved.spec.cloud.provider == "azure" else None
     generation = machine.hyperv_generation if machine is not None and machine.hyperv_generation else 2
     return f"V{generation}"
+
+
+def _write_artifact(
+    resolved: Resolved,
+    options: BuildOptions,
+    key: str,
+    staging: Path,
+    files: list[DiskFile],
+    firmware: tuple[str, ...],
+    components: dict[str, str],
+    timings: dict[str, float],
+) -> Manifest:
+    """The spec and manifest.json beside the disk files in `staging`."""
+    (staging / "spec.yaml").write_text(yaml.safe_dump(resolved.spec.model_dump(mode="json"), sort_keys=False))
+    manifest = Manifest(
+        name=f"{resolved.spec.name}-{key[:12]}",
+        family=resolved.spec.name,
+        target=options.target,
+        distro=resolved.spec.os,
+        builder=options.builder,
+        inputs_hash=key,
+        firmware=firmware,
+        hyperv_generation=_hyperv_generation(resolved, options.target),
+        disks=tuple(files),
+        components=components,
+        timings={name: round(seconds, 1) for name, seconds in timings.items()},
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        spec_file="spec.yaml",
+    )
+    artifact.write_manifest(staging, manifest)
+    return manifest
 
 
 @contextlib.contextmanager
