@@ -8,6 +8,7 @@ hosts included); it raises only for a broken installation (playbook or roles mis
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -134,7 +135,7 @@ def run(
     A KeyboardInterrupt (SIGINT) stops ansible-playbook and all its processes (ansible-runner kills its process
     group) before it propagates, so no task keeps running behind the caller's cleanup.
     """
-    import ansible_runner
+    from ansible_runner.interface import init_runner
 
     root = ansible_root()
     summary = RunSummary(rc=0, status="")
@@ -172,7 +173,7 @@ def run(
         # ansible-runner starts ansible-playbook from PATH: make it the one installed beside this interpreter.
         envvars["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         interrupted = threading.Event()
-        thread, result = ansible_runner.run_async(
+        result = init_runner(
             private_data_dir=private,
             playbook=str(root / "playbooks" / playbook),
             inventory=hosts_inventory,
@@ -187,19 +188,55 @@ def run(
             # how often ansible-runner polls cancel_callback (seconds)
             settings={"pexpect_timeout": 0.5},
         )
+        crashed: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                result.run()
+            except BaseException as exc:  # re-raised in the calling thread below
+                crashed.append(exc)
+
+        thread = threading.Thread(target=work, name="ansible-runner", daemon=True)
+        thread.start()
         # The run happens in ansible-runner's thread; this one only waits, so that SIGINT (delivered to the main
         # thread) lands here and can cancel the run instead of abandoning it.
-        while thread.is_alive():
-            try:
-                thread.join(timeout=0.5)
-            except KeyboardInterrupt:
-                interrupted.set()
+        try:
+            while thread.is_alive():
+                try:
+                    thread.join(timeout=0.5)
+                except KeyboardInterrupt:
+                    interrupted.set()
+        finally:
+            # ansible-runner ended without finishing (an exception in its thread, e.g. from on_event): its
+            # ansible-playbook, in a session of its own, would run on unsupervised.
+            if result.status not in _FINISHED:
+                _kill_playbooks_of(private)
         if interrupted.is_set():
             raise KeyboardInterrupt
+        if crashed:
+            raise crashed[0]
         summary.rc = int(result.rc)
         summary.status = str(result.status)
         _merge_stats(summary, result.stats or {})
     return summary
+
+
+# ansible-runner's final statuses: its ansible-playbook has been reaped.
+_FINISHED = frozenset({"successful", "failed", "canceled", "timeout"})
+
+
+def _kill_playbooks_of(private: str) -> None:
+    """SIGKILL the process group of every ansible-playbook started for the private data folder `private`."""
+    marker = private.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            if any(b"ansible-playbook" in part for part in cmdline[:2]) and any(marker in p for p in cmdline):
+                os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue  # gone meanwhile
 
 
 def _task_name(data: dict[str, Any]) -> str:

@@ -232,3 +232,35 @@ def _ansible_playbooks(temp: Path) -> list[int]:
 def _read(log: IO[str]) -> str:
     log.seek(0)
     return log.read()[-4000:]
+
+
+def test_an_exception_in_the_progress_callback_stops_the_playbook(rootfs: Path, tmp_path: Path) -> None:
+    """on_event runs in ansible-runner's thread: an exception there reaches the caller as itself, and the
+    ansible-playbook it was reporting on does not run on unsupervised."""
+    started: list[int] = []
+
+    def broken_display(event: object) -> None:
+        if isinstance(event, str) and event.endswith("Empty the machine-id"):
+            started.extend(_playbooks_on(rootfs))
+            raise RuntimeError("progress display broke")
+
+    with pytest.raises(RuntimeError, match="progress display broke"):
+        chroot.run_playbook(rootfs, "image.yml", {}, tags=["image_generalize"], on_event=broken_display)
+    assert started, "no ansible-playbook was running when the callback failed"
+    assert [pid for pid in started if _running(pid)] == []
+    assert mounts_under(rootfs) == []
+    assert chroot.processes_in(rootfs) == []
+
+
+def _playbooks_on(root: Path) -> list[int]:
+    """PIDs of ansible-playbook processes whose inventory (-i FILE) names `root`: runs on this test's tree."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = [part.decode() for part in (entry / "cmdline").read_bytes().split(b"\0")]
+            playbook = entry.name.isdigit() and any("ansible-playbook" in part for part in argv[:2]) and "-i" in argv
+            if playbook and str(root) in Path(argv[argv.index("-i") + 1]).read_text():
+                found.append(int(entry.name))
+        except (OSError, IndexError, UnicodeDecodeError):
+            continue
+    return found
