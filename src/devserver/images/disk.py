@@ -159,7 +159,9 @@ def assemble(rootfs: Path, out: Path, *, size_bytes: int | None = None) -> DiskL
                 "-U",
                 root_uuid,
                 "-E",
-                f"offset={ROOT_START},nodiscard",
+                # The file is fresh, so all zeros already: no zeroing. Zeroing would leave unwritten extents, which
+                # SEEK_DATA counts as data or not depending on the page cache (formats.allocated_bytes).
+                f"offset={ROOT_START},nodiscard,lazy_itable_init=1,lazy_journal_init=1",
                 "-d",
                 str(rootfs),
                 str(partial),
