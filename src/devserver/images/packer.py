@@ -499,7 +499,7 @@ def build(
         finally:
             shutil.rmtree(packer_tmp, ignore_errors=True)
     if rc != 0:
-        raise PackerError(f"packer build ({source})", f"failed (exit {rc})", "see the end of the log", log)
+        raise PackerError(f"packer build ({source})", f"failed (exit {rc}){_failure(log)}", "see the log", log)
     return _read_manifest(manifest, source, version, time.monotonic() - started, log)
 
 
@@ -589,6 +589,20 @@ def _interrupt(proc: subprocess.Popen[str], stdout: IO[str], out: IO[str]) -> No
         proc.wait()
     finally:
         deadline.cancel()
+
+
+def _failure(log: Path) -> str:
+    """': <reason>' from the log: Ansible's last 'fatal:' line, else Packer's 'errored after' line, else ''."""
+    fatal = errored = ""
+    with contextlib.suppress(OSError):
+        for raw in log.read_text(errors="replace").splitlines():
+            message = (_ui_message(raw + "\n") or "").strip()
+            if "fatal: [" in message:
+                fatal = message
+            elif "errored after" in message:
+                errored = message
+    reason = fatal or errored
+    return f": {reason[:500]}" if reason else ""
 
 
 def _ui_message(line: str) -> str | None:
