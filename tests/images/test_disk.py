@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import struct
 import subprocess
@@ -136,9 +137,17 @@ def test_bad_sizes_and_trees_are_clear_errors(base_disk: BaseDisk, tmp_path: Pat
         disk.assemble(base_disk.rootfs, out, size_bytes=GIB + 1)
     with pytest.raises(ImageBuildError, match=r"^size_bytes: .* leaves no room"):
         disk.assemble(base_disk.rootfs, out, size_bytes=128 * MIB)
+    # A tree with 96 MiB of data against the smallest allowed disk (a 64 MiB root): mkfs runs out of blocks.
+    tree = tmp_path / "tree"
+    for folder in ("etc", "boot", "tmp", "usr/lib/grub/i386-pc", "usr/lib/grub/x86_64-efi"):
+        (tree / folder).mkdir(parents=True)
+    (tree / "boot/vmlinuz-1.0").touch()
+    (tree / "boot/initrd.img-1.0").touch()
+    (tree / "data").write_bytes(os.urandom(96 * MIB))
     too_small = r"^mkfs.ext4: failed \(exit 1\): [^\n]*Could not allocate block[^\n]* — fix: make the disk bigger"
     with pytest.raises(ImageBuildError, match=too_small):
-        disk.assemble(base_disk.rootfs, out, size_bytes=400 * MIB)
+        disk.assemble(tree, out, size_bytes=disk.ROOT_START + disk.TAIL + 64 * MIB)
+    shutil.rmtree(tree)
     with pytest.raises(ImageBuildError, match=r"is not a root filesystem"):
         disk.assemble(tmp_path, out)
     assert not out.exists()

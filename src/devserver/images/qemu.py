@@ -219,14 +219,18 @@ def _wait_for_ssh(vm: BootedVM, proc: subprocess.Popen[bytes], stderr_log: Path,
                 f"exited ({code}) before SSH answered: {_tail(stderr_log, 5)}\nconsole:\n{_tail(vm.console_log)}",
                 "read the console output above",
             )
-        probe = subprocess.run(vm.ssh_argv("true"), capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
-        if probe.returncode == 0:
-            return
+        try:
+            probe = subprocess.run(vm.ssh_argv("true"), capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+        except subprocess.TimeoutExpired:  # sshd accepted but stalled (still starting under emulation): retry
+            last = "ssh timed out"
+        else:
+            if probe.returncode == 0:
+                return
+            last = probe.stderr.decode(errors="replace").strip()[-200:]
         if time.monotonic() > deadline:
             raise ImageBuildError(
                 f"{vm.user}@{vm.host}:{vm.port}",
-                f"no SSH after {timeout_s:.0f} s under {vm.accel} "
-                f"(last: {probe.stderr.decode(errors='replace').strip()[-200:]})\nconsole:\n{_tail(vm.console_log)}",
+                f"no SSH after {timeout_s:.0f} s under {vm.accel} (last: {last})\nconsole:\n{_tail(vm.console_log)}",
                 "read the console output above; under TCG allow more time (timeout_s)",
             )
         time.sleep(SSH_PROBE_INTERVAL_S)
