@@ -124,10 +124,11 @@ def sh(cmd):
         return 255, str(exc)
 def pkg(name):
     rc, out = sh("dpkg-query -W -f='${Status}|${Version}' " + name + " 2>/dev/null")
-    return out.split("|", 1)[1] if rc == 0 and out.startswith("install ok installed") else None
+    # "hold ok installed" too: the roles hold the driver and toolkit packages
+    return out.split("|", 1)[1] if rc == 0 and out.split("|")[0].endswith(" ok installed") else None
 def pkgs(pattern):
     rc, out = sh("dpkg-query -W -f='${Package}|${Status}|${Version}\n' '" + pattern + "' 2>/dev/null")
-    return {l.split("|")[0]: l.split("|")[2] for l in out.splitlines() if "install ok installed" in l}
+    return {l.split("|")[0]: l.split("|")[2] for l in out.splitlines() if l.split("|")[1].endswith(" ok installed")}
 os_release = dict(l.split("=", 1) for l in open("/etc/os-release").read().splitlines() if "=" in l)
 facts = {
     "os": {k: os_release.get(k, "").strip('"') for k in ("ID", "VERSION_ID", "PRETTY_NAME")},
