@@ -152,7 +152,7 @@ def bootable_disk(folder: Path, manifest: Manifest, work: Path) -> Path:
     """A disk file of the artifact that qemu can boot: qcow2, raw or VHD as they are; the GCE tar's disk.raw
     unpacked (sparse) into `work`. Raises :class:`ArtifactError` when the artifact has none."""
     for fmt in ("qcow2", "raw", "vhd-fixed"):
-        disk = manifest.disk(fmt)  # type: ignore[arg-type]
+        disk = manifest.disk(fmt)
         if disk is not None:
             return folder / disk.path
     tar = manifest.disk("gce-tar")
