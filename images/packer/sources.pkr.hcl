@@ -7,8 +7,8 @@ locals {
   qemu_accel = var.qemu_accel == "kvm" ? "kvm" : "tcg,thread=multi"
   qemu_cpu   = var.qemu_accel == "kvm" ? "host" : "max"
   # The build user goes last, in the same root shell that powers the VM off: once it is deleted it could no
-  # longer sudo. Its sudoers drop-in (written by cloud-init for the seed's user) goes with it.
-  remove_build_user = "userdel --force --remove ${var.build_user} && rm -f /etc/sudoers.d/90-cloud-init-users"
+  # longer sudo. Its sudoers drop-ins (the qemu seed's, and cloud-init's on the clouds) go with it.
+  remove_build_user = "userdel --force --remove ${var.build_user} && rm -f /etc/sudoers.d/devserver-build /etc/sudoers.d/90-cloud-init-users"
 }
 
 source "qemu" "devserver" {

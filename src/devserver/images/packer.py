@@ -343,20 +343,18 @@ def prepare(resolved: Resolved, source: Source, workdir: Path, *, target: Target
     return PackerBuild(source, workdir, extravars, playbook, key, public, seeds)
 
 
+# The build user's sudo rule. Not cloud-init's own 90-cloud-init-users: image_generalize deletes that file
+# mid-play, and Ansible, logged in as the build user, would lose sudo with it. The templates remove this file.
+BUILD_SUDOERS = "/etc/sudoers.d/devserver-build"
+
+
 def _write_seed(folder: Path, user: str, public_key: str) -> tuple[Path, Path]:
     """NoCloud user-data and meta-data: the build user with passwordless sudo and the build key, nothing else."""
     folder.mkdir()
     user_data = folder / "user-data"
     config = {
-        "users": [
-            {
-                "name": user,
-                "shell": "/bin/bash",
-                "sudo": "ALL=(ALL) NOPASSWD:ALL",
-                "lock_passwd": True,
-                "ssh_authorized_keys": [public_key],
-            }
-        ],
+        "users": [{"name": user, "shell": "/bin/bash", "lock_passwd": True, "ssh_authorized_keys": [public_key]}],
+        "write_files": [{"path": BUILD_SUDOERS, "permissions": "0440", "content": f"{user} ALL=(ALL) NOPASSWD:ALL\n"}],
         "ssh_pwauth": False,
     }
     user_data.write_text("#cloud-config\n" + yaml.safe_dump(config, sort_keys=False))
