@@ -143,7 +143,9 @@ def cloud_init(spec: DevserverSpec) -> str:
         "ssh_pwauth": False,
         "disable_root": True,
     }
-    return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=10_000)
+    # types-PyYAML types `width` as int | float(inf), which pyright sees as partly unknown
+    dumped: str = yaml.safe_dump(config, sort_keys=False, width=10_000)  # pyright: ignore[reportUnknownMemberType]
+    return "#cloud-config\n" + dumped
 
 
 @dataclass(frozen=True)
