@@ -186,7 +186,7 @@ def _mounts_under(path: Path) -> list[str]:
 
 
 def test_sigint_during_the_playbook_leaves_nothing_behind(
-    tmp_path: Path, workspace: dict[str, Path], toolkit_repo: fixture_repo.FixtureRepo, local_image: dict[str, Any]
+    tmp_path: Path, workspace: dict[str, Path], toolkit_repo: fixture_repo.FixtureRepo
 ) -> None:
     # Another admin user: other role variables, so the provision stage really runs the playbook (no cached tree).
     spec = write_spec(tmp_path, toolkit_repo, admin_user="interrupted")

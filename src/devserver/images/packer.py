@@ -540,6 +540,10 @@ def build_image(
         )
         log = out_dir.with_name(out_dir.name + ".packer.log")
         return build(source, variables, workdir=workdir, on_line=on_line, packer=packer, log=log)
+    except BaseException:
+        # out_dir did not exist before this build: whatever Packer left there (a killed Packer leaves its output)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -577,8 +581,9 @@ def _interrupt(proc: subprocess.Popen[str], stdout: IO[str], out: IO[str]) -> No
     """SIGINT to Packer (as a terminal's Ctrl-C would), then let it clean up, still draining what it prints (a full
     pipe would block it). After INTERRUPT_GRACE_S its whole process group is killed."""
     if proc.poll() is None:
+        # To the whole group, as a terminal's Ctrl-C does: Packer's plugin processes expect it too.
         with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGINT)
     deadline = threading.Timer(INTERRUPT_GRACE_S, _kill_group, [proc.pid])
     deadline.start()
     try:
