@@ -37,3 +37,13 @@ def test_unknown_target_and_builder_are_usage_errors() -> None:
         proc = cli(*args)
         assert proc.returncode == 2, args
         assert "Traceback" not in proc.stderr
+
+
+def test_boot_and_test_refuse_a_missing_or_corrupt_artifact(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text("{not json")
+    for command, folder in (("test", tmp_path / "absent"), ("boot", tmp_path), ("test", tmp_path)):
+        argv = [sys.executable, "-m", "devserver", "image", command, str(folder)]
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert "fix:" in proc.stderr
+        assert "Traceback" not in proc.stderr
