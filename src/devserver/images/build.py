@@ -333,20 +333,11 @@ def _workspace(out_dir: Path, key: str) -> Iterator[Path]:
         yield work
     finally:
         # Never recurse into a mount: a bind-mounted /dev or /sys left by a failed unmount would be the host's.
-        if mounted := _mounts_under(work):
+        from devserver.images.chroot import mounted_under
+
+        if mounted := mounted_under(work):
             raise BuildError("cleanup", f"still mounted, work folder {work} kept: {', '.join(mounted)}")
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _mounts_under(path: Path) -> list[str]:
-    """Mount points at or below `path` in this mount namespace."""
-    prefix = str(path.resolve())
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point == prefix or point.startswith(prefix + "/"):
-            points.append(point)
-    return points
 
 
 def _provisioned_tree(

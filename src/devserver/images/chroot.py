@@ -133,9 +133,9 @@ def _check_root(root: Path) -> None:
         raise ChrootError("a chroot build needs root (mount, chroot): run it with sudo")
     if not (root / "etc").is_dir() or not (root / "usr" / "bin").is_dir():
         raise ChrootError(f"{root} is not a root filesystem (no etc/ or usr/bin/): extract a base image into it")
-    if _mounted_under(root):
+    if mounted_under(root):
         raise ChrootError(
-            f"{root} already has mounts under it ({', '.join(_mounted_under(root))}): another build is using it, "
+            f"{root} already has mounts under it ({', '.join(mounted_under(root))}): another build is using it, "
             "or an earlier one was killed; unmount them first"
         )
 
@@ -231,8 +231,9 @@ def _inside(root: Path, relative: Path) -> Path:
     return root / current.relative_to("/")
 
 
-def _mounted_under(root: Path) -> list[str]:
-    prefix = str(root)
+def mounted_under(root: Path) -> list[str]:
+    """Mount points strictly below `root` in this mount namespace."""
+    prefix = str(Path(root).resolve())
     points = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4].encode().decode("unicode_escape")
