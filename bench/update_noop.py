@@ -1,15 +1,19 @@
 """Wall time of a no-op `devserver update` on a converged test host (goal ≤ 15 s), and what dominates it.
 
-Run as root from the repository root: .venv/bin/python bench/update_noop.py [--runs N] [--keep]
+Run as root from the repository root: .venv/bin/python bench/update_noop.py [--runs N] [--host NAME]
 It boots a fresh Debian 12 test host (tests/support/testhost.py), converges it once with the built-in local spec
 (the real Debian driver, CUDA, Docker and containerd — minutes), then times N no-op updates through the real CLI and
 breaks one of them down by phase: SSH preflight, fact gathering, and each role (wall time between task starts, read
-from ansible-runner's events).
+from ansible-runner's events), and lists the slowest tasks.
+
+--host NAME uses a host made by `scripts/testhost up NAME` instead and leaves it up, so that a second run (after a
+role change) skips the boot and, once converged, the first converge too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -36,12 +40,19 @@ from tests.support import testhost as th  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--host", help="a running host of `scripts/testhost up NAME` (kept up afterwards)")
+    parser.add_argument("--tasks", action="store_true", help="list every task that ran, not only the slowest")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     cache = th.default_cache_dir()
-    th.build_rootfs(cache)
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         workdir = Path(work)
-        host = th.up("bench", workdir, cache)
+        if args.host:
+            host = th.TestHost.load(th.default_workdir() / args.host)
+        else:
+            th.build_rootfs(cache)
+            host = th.up("bench", workdir, cache)
         try:
             repo_root = fixture_repo.build_fixture_repo(cache / "nvidia-fixture-repo", toolkit_version=_pin())
             with fixture_repo.serve(repo_root, host.host_address) as repo:
@@ -61,21 +72,35 @@ def main() -> None:
                     str(spec_path), "--key", str(host.private_key), "--known-hosts", str(host.known_hosts),
                     "--data-device", host.data_device, "--json",
                 ]  # fmt: skip
+                # as tests/roles/test_update.py does; only once, so a reused host's merged file stays as it is
+                settings = json.dumps(th.DOCKERD_NETWORK_SETTINGS)
+                daemon_json = "/etc/docker/daemon.json"
+                host.ssh(
+                    f"sudo grep -qs iptables {daemon_json} || "
+                    f"(sudo mkdir -p /etc/docker && echo '{settings}' | sudo tee {daemon_json} >/dev/null)"
+                )
                 started = time.perf_counter()
-                subprocess.run(argv, cwd=ROOT, capture_output=True, check=True)
+                _update(argv)
                 print(f"first converge: {time.perf_counter() - started:.0f} s")
                 times = []
                 for _ in range(args.runs):
                     started = time.perf_counter()
-                    subprocess.run(argv, cwd=ROOT, capture_output=True, check=True)
+                    _update(argv)
                     times.append(time.perf_counter() - started)
                 print(
                     f"no-op update (CLI, {args.runs} runs): median {statistics.median(times):.1f} s, "
                     f"min {min(times):.1f} s, max {max(times):.1f} s"
                 )
-                _breakdown(host, spec_path)
+                _breakdown(host, spec_path, every_task=args.tasks)
         finally:
-            th.down(host)
+            if not args.host:
+                th.down(host)
+
+
+def _update(argv: list[str]) -> None:
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"devserver update failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
 
 
 def _pin() -> str:
@@ -84,21 +109,26 @@ def _pin() -> str:
     return versions.CONTAINER_TOOLKIT
 
 
-def _breakdown(host: th.TestHost, spec_path: Path) -> None:
+def _breakdown(host: th.TestHost, spec_path: Path, *, every_task: bool) -> None:
     resolved = resolve(load_spec_bytes(spec_path.read_bytes()))
     target = Host(host.address, host.address, host.user, key_file=host.private_key)
     started = time.perf_counter()
     preflight(target, known_hosts=host.known_hosts)
     print(f"  preflight (SSH + sudo + os-release): {time.perf_counter() - started:.1f} s")
     per_phase: dict[str, float] = defaultdict(float)
-    last = [time.perf_counter(), "start-up"]
+    per_task: dict[str, float] = defaultdict(float)
+    outcome: dict[str, str] = {}
+    last = [time.perf_counter(), "start-up", "start-up"]
 
     def on_event(event: TaskEvent | str) -> None:
         if isinstance(event, str):
             now = time.perf_counter()
             per_phase[str(last[1])] += now - float(last[0])
+            per_task[str(last[2])] += now - float(last[0])
             role = event.split(" : ")[0] if " : " in event else event
-            last[0], last[1] = now, role
+            last[0], last[1], last[2] = now, role, event
+        else:
+            outcome[event.task] = event.status
 
     started = time.perf_counter()
     summary = update(
@@ -115,6 +145,11 @@ def _breakdown(host: th.TestHost, spec_path: Path) -> None:
     print(f"  one no-op update in-process: {time.perf_counter() - started:.1f} s, changed={summary.changed}")
     for phase, seconds in sorted(per_phase.items(), key=lambda item: -item[1]):
         print(f"    {phase:40s} {seconds:5.1f} s")
+    ran = [task for task in per_task if outcome.get(task) != "skipped"]
+    print(f"  tasks started: {len(per_task)}, of which not skipped: {len(ran)}; slowest:")
+    shown = ran if every_task else sorted(per_task, key=lambda task: -per_task[task])[:15]
+    for task in shown:
+        print(f"    {per_task[task]:5.2f} s  {task}")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXISTING_DAEMON_JSON = {
     "log-driver": "local",
     "registry-mirrors": ["http://127.0.0.1:5000"],
-    "iptables": False,
-    "ip-forward": False,
-    "bridge": "none",
+    **th.DOCKERD_NETWORK_SETTINGS,
 }
 
 

@@ -66,6 +66,9 @@ ADMIN_USER = "devserver"
 PACKAGES_FILE = Path(__file__).with_name("host_packages.txt")
 
 ACNG_PORT = 3142
+# daemon.json keys that let dockerd start inside a test host: the container has no CAP_NET_ADMIN, so no iptables,
+# no forwarding and no bridge (tests and bench/update_noop.py write them before the roles run; the roles keep them).
+DOCKERD_NETWORK_SETTINGS = {"iptables": False, "ip-forward": False, "bridge": "none"}
 # Host ends are 172.30.N.1/30, container ends 172.30.N.2/30. 172.30/16 is private and not routed
 # here; up() still checks every candidate against the host's routes and addresses.
 SUBNET_BASE = "172.30"
