@@ -88,6 +88,8 @@ def test_prepared_mounts_forbids_services_and_undoes_everything(rootfs: Path) ->
         points = {p.removeprefix(str(root) + "/") for p in mounts_under(root)}
         assert set(MOUNT_POINTS) <= points, points
         assert in_chroot(root, "/usr/sbin/policy-rc.d", "ssh", "start").returncode == 101
+        # dpkg reads every file of dpkg.cfg.d: the build's unpacks skip the fsync per file
+        assert "force-unsafe-io" in in_chroot(root, "sh", "-c", "cat /etc/dpkg/dpkg.cfg.d/*").stdout
         assert in_chroot(root, "cat", "/etc/resolv.conf").stdout == Path("/etc/resolv.conf").read_text()
         assert in_chroot(root, "cat", "/proc/1/comm").returncode == 0
         assert in_chroot(root, "sh", "-c", "echo x > /run/marker && test -c /dev/null").returncode == 0
@@ -104,6 +106,7 @@ def test_prepared_mounts_forbids_services_and_undoes_everything(rootfs: Path) ->
     assert mounts_under(rootfs) == []
     assert chroot.processes_in(rootfs) == []
     assert not (rootfs / chroot.POLICY_RC_D).exists()
+    assert not (rootfs / chroot.DPKG_UNSAFE_IO).exists()  # the image keeps dpkg's safe default
     assert (rootfs / "etc/resolv.conf").read_bytes() == resolv_before
     assert not (rootfs / "run/marker").exists()  # it was on the tmpfs
 

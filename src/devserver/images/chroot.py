@@ -3,11 +3,15 @@
 Contracts:
 
 * :func:`prepared` mounts /proc, /sys (read-only), /dev, /dev/pts, /dev/shm and a tmpfs /run inside `rootfs`, forbids
-  service starts (``/usr/sbin/policy-rc.d`` exiting 101), and gives apt the build host's resolver configuration
+  service starts (``/usr/sbin/policy-rc.d`` exiting 101), gives apt the build host's resolver configuration
   (bind-mounted over the image's ``/etc/resolv.conf`` from a copy on the tmpfs, so nothing of the host is written
-  into the image). On exit — normal, an exception, KeyboardInterrupt — every process whose root is inside `rootfs`
-  is killed, every mount undone and the image's own policy-rc.d (if any) put back; SIGINT is held off while that
-  runs, and delivered afterwards. Entering it for a root already prepared by this process changes nothing.
+  into the image), and tells dpkg not to fsync every file it unpacks (``force-unsafe-io`` in a dpkg.cfg.d file of
+  devserver's own, as mmdebstrap does for the base: a build that dies is thrown away, so durability per file buys
+  nothing and costs minutes for the driver, CUDA and their headers). On exit — normal, an exception,
+  KeyboardInterrupt — every process whose root is inside `rootfs` is killed, every mount undone, the dpkg setting
+  removed (the image keeps dpkg's safe default) and the image's own policy-rc.d (if any) put back; SIGINT is held
+  off while that runs, and delivered afterwards. Entering it for a root already prepared by this process changes
+  nothing.
 * :func:`run_playbook` runs ``playbooks/devserver.yml`` or ``playbooks/image.yml`` inside `rootfs` (prepared for the
   duration) through devserver's own ``devserver_chroot`` connection plugin and returns the run's
   :class:`~devserver.runner.RunSummary`; a KeyboardInterrupt stops ansible-playbook before it propagates.
@@ -34,6 +38,7 @@ HOST = "image"
 POLICY_RC_D = "usr/sbin/policy-rc.d"
 # invoke-rc.d's contract (/usr/share/doc/init-system-helpers/README.policy-rc.d): 101 = action forbidden.
 POLICY_RC_D_SCRIPT = "#!/bin/sh\n# Written by devserver while it builds this image: no service starts.\nexit 101\n"
+DPKG_UNSAFE_IO = "etc/dpkg/dpkg.cfg.d/devserver-build-unsafe-io"
 # Where the host's resolver configuration is copied (on the /run tmpfs) for the bind mount over etc/resolv.conf.
 RESOLV_COPY = "run/devserver-resolv.conf"
 TERM_GRACE_S = 5.0
@@ -73,6 +78,7 @@ def prepared(rootfs: Path) -> Iterator[Path]:
         for point, args in _MOUNTS:
             _mount(root, point, args, undo)
         _forbid_service_starts(root, undo)
+        _unsafe_dpkg_io(root, undo)
         _host_resolver(root, undo)
         yield root
     finally:
@@ -186,6 +192,17 @@ def _forbid_service_starts(root: Path, undo: list[Callable[[], None]]) -> None:
             path.chmod(mode)
 
     undo.append(restore)
+
+
+def _unsafe_dpkg_io(root: Path, undo: list[Callable[[], None]]) -> None:
+    path = root / DPKG_UNSAFE_IO
+    if path.is_symlink():
+        raise ChrootError(f"{path} is a symlink: refusing to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Written by devserver while it builds this image; removed when the build leaves the tree.\nforce-unsafe-io\n"
+    )
+    undo.append(lambda: path.unlink(missing_ok=True))
 
 
 def _host_resolver(root: Path, undo: list[Callable[[], None]]) -> None:
