@@ -2,9 +2,11 @@
 
 The built-in local spec (Debian 12, the real Debian ``nvidia-driver`` built by DKMS for the image's kernel, CUDA from
 Debian, Docker + containerd) is built with the chroot builder, booted under qemu with UEFI and with BIOS, reached
-over SSH through cloud-init, and `devserver status` on it must match the spec. The same spec is then built for each
-cloud target: the provisioned tree is reused from the cache, each target gets its own image roles, disk and formats,
-each checked as it is written.
+over SSH through cloud-init, and `devserver status` on it must match the spec. A driver-only variant of the spec
+(no CUDA, no container runtime) is then built for each cloud target: the provisioned tree is reused from the cache,
+each target gets its own image roles, disk and formats, each checked as it is written. Those cloud builds come from
+the session fixture ``cloud_artifact`` (tests/support/image_builds.py, with the spec, the fixture repository and the
+CLI helper), built once per session and uploaded to the emulators by tests/uploads/test_built_images.py.
 
 NVIDIA's container-toolkit repository is unreachable here: the signed TEST FIXTURE repository
 (tests/support/fixture_repo.py) stands in for it, served on 127.0.0.1, exactly as in tests/roles/test_update.py.
@@ -18,76 +20,25 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from devserver import versions  # noqa: E402
-from devserver.images.artifact import TARGET_FORMATS, load_manifest  # noqa: E402
-from tests.support import fixture_repo  # noqa: E402
-
-BUILD_TIMEOUT_S = 3000
-# A fixed port keeps the fixture's URLs, so the spec's role variables, so the cached provisioned tree, the same from
-# one run to the next (the fixture's build id is stable while its cached build is).
-TOOLKIT_PORT = 33979
-
-
-def cache_root() -> Path:
-    env = os.environ.get("DEVSERVER_TEST_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "devserver-tests"
+from devserver import versions
+from devserver.images.artifact import TARGET_FORMATS, load_manifest
+from tests.support import fixture_repo
+from tests.support.image_builds import REPO, CloudArtifacts, cache_root, cli, write_spec
 
 
 @pytest.fixture(scope="module")
-def toolkit_repo() -> Iterator[fixture_repo.FixtureRepo]:
-    """TEST FIXTURE, not NVIDIA software: the signed stand-in for NVIDIA's container-toolkit repository."""
-    if os.geteuid() != 0:
-        pytest.fail("image builds need root (the chroot builder mounts /proc, /sys and /dev in the image tree)")
-    root = fixture_repo.build_fixture_repo(
-        cache_root() / "nvidia-fixture-repo", toolkit_version=versions.CONTAINER_TOOLKIT
-    )
-    with fixture_repo.serve(root, "127.0.0.1", port=TOOLKIT_PORT) as repo:
-        yield repo
-
-
-def write_spec(folder: Path, repo: fixture_repo.FixtureRepo, **ssh: Any) -> Path:
-    """The built-in local spec (examples/local.yaml), with the fixture standing in for NVIDIA's toolkit repo."""
-    spec = yaml.safe_load((REPO / "examples" / "local.yaml").read_text())
-    spec["repositories"] = {
-        "container_toolkit_repo": repo.toolkit_url,
-        "container_toolkit_key_url": repo.key_url,
-        "container_toolkit_key_fingerprint": repo.fingerprint,
-    }
-    spec["ssh"].update(ssh)
-    path = folder / "devserver.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def cli(*args: str, timeout: float = BUILD_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
-    """The real CLI as a user runs it; returns (exit code, its --json output)."""
-    argv = [sys.executable, "-m", "devserver", *args, "--json"]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=timeout, check=False)
-    try:
-        payload = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        shown = f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        pytest.fail(f"no JSON from {' '.join(args)} (rc {proc.returncode}):\n{shown}")
-    return proc.returncode, payload
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, toolkit_repo: fixture_repo.FixtureRepo) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("image-e2e")
+def workspace(
+    tmp_path_factory: pytest.TempPathFactory, toolkit_repo: fixture_repo.FixtureRepo, image_out: Path
+) -> dict[str, Path]:
+    """The local spec, and the session's artifact folder and image cache (those of ``cloud_artifact`` too)."""
     return {
-        "spec": write_spec(folder, toolkit_repo),
-        "out": folder / "artifacts",
+        "spec": write_spec(tmp_path_factory.mktemp("image-e2e"), toolkit_repo),
+        "out": image_out,
         "cache": cache_root() / "images",
     }
 
@@ -143,34 +94,16 @@ def test_rebuild_with_the_same_inputs_is_skipped(workspace: dict[str, Path], loc
     assert payload["folder"] == local_image["folder"]
 
 
-@pytest.fixture(scope="module")
-def driver_only_spec(tmp_path_factory: pytest.TempPathFactory, toolkit_repo: fixture_repo.FixtureRepo) -> Path:
-    """The local spec without CUDA and container runtimes: the real driver and DKMS still, but a 2 GiB tree rather
-    than a 9 GiB one, so that four more disks and their formats fit CI's time. The full tree's formats are written
-    the same way (the code does not depend on the size); bench/image_build.py times them at full size."""
-    spec = yaml.safe_load(write_spec(tmp_path_factory.mktemp("driver-only"), toolkit_repo).read_text())
-    spec["name"] = "driver-only"
-    spec["software"].update({"cuda": {"install": False}, "container_runtime": "none"})
-    path = tmp_path_factory.mktemp("driver-only-spec") / "devserver.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 @pytest.mark.parametrize("target", ["gce", "azure", "aws", "openstack"])
-def test_cloud_targets_share_one_provisioned_tree(
-    workspace: dict[str, Path], driver_only_spec: Path, target: str
-) -> None:
-    rc, payload = cli(
-        "image", "build", "--target", target, "--spec", str(driver_only_spec), "--out", str(workspace["out"]),
-        "--cache-dir", str(workspace["cache"]),
-    )  # fmt: skip
-    assert rc == 0, payload
+def test_cloud_targets_share_one_provisioned_tree(cloud_artifact: CloudArtifacts, target: str) -> None:
+    payload = cloud_artifact(target)  # built once per session, shared with tests/uploads/test_built_images.py
     manifest = load_manifest(Path(payload["folder"]))
     assert manifest.target == target
     assert [(d.format, d.path) for d in manifest.disks] == list(TARGET_FORMATS[target])
     assert manifest.components["nvidia_driver"].startswith("535."), manifest.components
-    if target != "gce":
-        # The finish stage ran on the tree the first target provisioned: no second base build or playbook run.
+    if cloud_artifact.order.index(target) > 0:
+        # The finish stage ran on the tree that the session's first cloud build (gce, in this order) provisioned: no
+        # second base build or playbook run.
         assert "base" not in manifest.timings
     if target == "azure":
         assert manifest.hyperv_generation == "V2"

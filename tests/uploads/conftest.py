@@ -5,6 +5,12 @@ extents of incompressible data at scattered 64 KiB-aligned offsets, a region of 
 (allocated but empty, as image builders leave them), and holes everywhere else. Artifacts are made from it with
 devserver.images.formats.write_formats (qemu-img, oldgnu sparse tar) and a manifest whose inputs hash is fresh for
 every artifact, so tests sharing one emulator never see each other's images.
+
+Per emulator, a fresh place to upload to: ``container`` (Azurite), ``bucket`` (gcp-storage-emulator, with
+STORAGE_EMULATOR_HOST set), ``clouds_yaml`` (Glance, named ``CLOUD``, through OS_CLIENT_CONFIG_FILE), ``aws_env``
+(moto through boto3's own settings); and ``compute`` (module scope), the GCE compute API stand-in of
+tests/uploads/cloud_fixtures.py. Artifacts made by the real image builder come from ``cloud_artifact``
+(tests/support/image_builds.py).
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import typer
@@ -23,6 +31,12 @@ from devserver.cli.upload import upload
 from devserver.images.artifact import Manifest, write_manifest
 from devserver.images.formats import write_formats
 from tests.uploads import emulators
+
+if TYPE_CHECKING:
+    from tests.uploads.cloud_fixtures import ComputeFixture
+
+# Its asserts (the ARM request checks) report like a test's.
+pytest.register_assert_rewrite("tests.uploads.cloud_fixtures")
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -157,6 +171,53 @@ def aws_env(moto_server: emulators.Emulator, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto_server
+
+
+@pytest.fixture(scope="module")
+def compute() -> Iterator[ComputeFixture]:
+    """The compute API stand-in (cloud_fixtures.ComputeFixture) on a free port, one per test module."""
+    from tests.uploads.cloud_fixtures import ComputeFixture
+
+    server = ComputeFixture()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def bucket(gcs_emulator: emulators.Emulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from tests.uploads.cloud_fixtures import PROJECT
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
+    name = f"images-{secrets.token_hex(4)}"
+    storage.Client(project=PROJECT, credentials=AnonymousCredentials()).create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def container(azurite: emulators.Emulator) -> str:
+    from azure.storage.blob import BlobServiceClient
+
+    name = f"images-{secrets.token_hex(4)}"
+    BlobServiceClient.from_connection_string(emulators.azurite_connection_string(azurite)).create_container(name)
+    return name
+
+
+CLOUD = "glance-test"
+
+
+@pytest.fixture
+def clouds_yaml(glance: emulators.Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = emulators.glance_clouds_yaml(glance, tmp_path, CLOUD)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
+    return path
 
 
 def upload_app() -> typer.Typer:

@@ -1,120 +1,23 @@
 """Azure uploads: the page blob against a real Azurite; the managed image through azure-core's transport seam.
 
 Azurite implements the blob service only. The management call (images create/list) goes through a transport
-fixture that records each request, checks its body with azure-mgmt-compute's own model deserializer and answers
-like ARM (the image then exists, so a second upload finds it).
+fixture (tests/uploads/cloud_fixtures.py) that records each request, checks its body with azure-mgmt-compute's own
+model deserializer and answers like ARM (the image then exists, so a second upload finds it).
 """
 
 from __future__ import annotations
 
-import io
-import json
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
-import requests.adapters
-import urllib3
-from azure.core.credentials import AccessToken
-from azure.core.pipeline.transport import RequestsTransport
-from azure.mgmt.compute import models
 from azure.storage.blob import BlobServiceClient
 
 from devserver.clouds.azure import GRANULE, AzureUploader
 from devserver.clouds.common import HASH_KEY, CloudError, ProgressEvent, publish
 from devserver.images.artifact import load_manifest
 from tests.uploads import emulators
+from tests.uploads.cloud_fixtures import SUBSCRIPTION, FixtureCredential, RecordingArmTransport
 from tests.uploads.conftest import GIB, ArtifactFactory, data_blocks, run_upload_cli
-
-SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
-
-
-class FixtureCredential:
-    """A TokenCredential fixture: the recording transport never forwards the token anywhere."""
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken("fixture-token", int(time.time()) + 3600)
-
-
-def check_rest_shape(model: type, body: dict[str, Any]) -> None:
-    """Every key of `body` is a writable REST field of the azure-mgmt-compute `model` (names as the SDK sends them)."""
-    fields = {rf._rest_name: rf for rf in model._attr_to_rest_field.values()}  # type: ignore[attr-defined]
-    unknown = set(body) - set(fields)
-    assert not unknown, f"{model.__name__}: fields the API does not have: {unknown}"
-    readonly = {name for name, rf in fields.items() if "read" in rf._visibility and len(rf._visibility) == 1}
-    assert not readonly & set(body), f"{model.__name__}: read-only fields sent: {readonly & set(body)}"
-
-
-class RecordingArmTransport(RequestsTransport):
-    """azure-core's own requests transport, whose session answers ARM's images API in-process.
-
-    Records every request and validates PUT bodies with azure-mgmt-compute's model (deserialize + validate).
-    """
-
-    def __init__(self, fail_put: tuple[int, str] | None = None) -> None:
-        self.requests: list[tuple[str, str, Any]] = []
-        self.images: dict[str, dict[str, Any]] = {}
-        self.fail_put = fail_put
-        session = requests.Session()
-        session.mount("https://management.azure.com/", _ArmAdapter(self))
-        super().__init__(session=session, session_owner=False)
-
-    def answer(self, method: str, url: str, body: Any) -> tuple[int, object]:
-        self.requests.append((method, url, body))
-        path = url.split("?")[0].removeprefix("https://management.azure.com")
-        if method == "PUT":
-            if self.fail_put:
-                code, error = self.fail_put
-                return code, {"error": {"code": error, "message": f"fixture {error}"}}
-            check_rest_shape(models.Image, body)
-            check_rest_shape(models.ImageProperties, body["properties"])
-            check_rest_shape(models.ImageStorageProfile, body["properties"]["storageProfile"])
-            check_rest_shape(models.ImageOSDisk, body["properties"]["storageProfile"]["osDisk"])
-            image = models.Image(body)
-            assert image.properties.storage_profile.os_disk.blob_uri, "osDisk.blobUri missing"
-            stored = {**body, "id": path, "name": path.rsplit("/", 1)[1], "type": "Microsoft.Compute/images"}
-            stored["properties"]["provisioningState"] = "Succeeded"
-            self.images[path] = stored
-            return 200, stored
-        if method == "GET" and path.endswith("/providers/Microsoft.Compute/images"):
-            prefix = path.removesuffix("/providers/Microsoft.Compute/images")
-            return 200, {"value": [i for k, i in self.images.items() if k.startswith(prefix)]}
-        return 404, {"error": {"code": "NotFound", "message": path}}
-
-    def puts(self) -> list[dict[str, Any]]:
-        return [body for method, _, body in self.requests if method == "PUT"]
-
-
-class _ArmAdapter(requests.adapters.BaseAdapter):
-    def __init__(self, arm: RecordingArmTransport) -> None:
-        super().__init__()
-        self.arm = arm
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        body = json.loads(request.body) if request.body else None
-        status, payload = self.arm.answer(str(request.method), str(request.url), body)
-        content = json.dumps(payload).encode()
-        raw = urllib3.HTTPResponse(
-            body=io.BytesIO(content),
-            headers={"Content-Type": "application/json", "Content-Length": str(len(content))},
-            status=status,
-            preload_content=False,
-        )
-        return requests.adapters.HTTPAdapter().build_response(request, raw)
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture
-def container(azurite: emulators.Emulator) -> str:
-    import secrets
-
-    name = f"images-{secrets.token_hex(4)}"
-    BlobServiceClient.from_connection_string(emulators.azurite_connection_string(azurite)).create_container(name)
-    return name
 
 
 def _uploader(azurite: emulators.Emulator, container: str, transport: RecordingArmTransport) -> AzureUploader:

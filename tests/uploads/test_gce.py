@@ -1,132 +1,26 @@
 """GCE uploads: the resumable upload against a real gcp-storage-emulator; images.* against a validating server.
 
-No emulator implements compute. The compute fixture server below decodes every request with google-cloud-compute's
-own message types (``Image.from_json`` rejects unknown fields), records it, and answers like the API: an insert
-creates the image, so a second upload finds it by its label.
+No emulator implements compute. The compute fixture server (tests/uploads/cloud_fixtures.py) decodes every request
+with google-cloud-compute's own message types (``Image.from_json`` rejects unknown fields), records it, and answers
+like the API: an insert creates the image, so a second upload finds it by its label.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import secrets
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import compute_v1, storage
+from google.cloud import storage
 
 from devserver.clouds.common import HASH_KEY, ProgressEvent, publish
 from devserver.clouds.gce import GceUploader
 from devserver.images.artifact import load_manifest
-from tests.uploads import emulators
+from tests.uploads.cloud_fixtures import PROJECT, ComputeFixture
 from tests.uploads.conftest import ArtifactFactory, run_upload_cli
-
-PROJECT = "devserver-test"
-
-
-class ComputeFixture(ThreadingHTTPServer):
-    """A compute API stand-in on 127.0.0.1 for project PROJECT: images insert/get/list, global operations."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _ComputeHandler)
-        self.images: dict[str, dict[str, Any]] = {}
-        self.inserts: list[compute_v1.Image] = []
-        self.fail_insert: str | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _ComputeHandler(BaseHTTPRequestHandler):
-    server: ComputeFixture
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, payload: object) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _route(self) -> tuple[str, list[str], dict[str, list[str]]] | None:
-        url = urlparse(self.path)
-        parts = url.path.strip("/").split("/")
-        # compute/v1/projects/{project}/global/{collection}[/{name}]
-        if parts[:3] != ["compute", "v1", "projects"] or len(parts) < 6:
-            self._send(404, {"error": {"code": 404, "message": f"no route {url.path}"}})
-            return None
-        if parts[3] != PROJECT:
-            self._send(404, {"error": {"code": 404, "message": f"The resource 'projects/{parts[3]}' was not found"}})
-            return None
-        return parts[5], parts[6:], parse_qs(url.query)
-
-    def do_GET(self) -> None:
-        route = self._route()
-        if route is None:
-            return
-        collection, rest, query = route
-        if collection == "images" and rest:
-            image = self.server.images.get(rest[0])
-            self._send(200, image) if image else self._send(404, {"error": {"code": 404, "message": rest[0]}})
-        elif collection == "images":
-            (flt,) = query.get("filter", [""])
-            key, _, value = flt.partition("=")
-            label = key.removeprefix("labels.")
-            items = [i for i in self.server.images.values() if i.get("labels", {}).get(label) == value]
-            self._send(200, {"items": items})
-        elif collection == "operations" and rest:
-            self._send(200, {"name": rest[0], "status": "DONE", "operationType": "insert"})
-        else:
-            self._send(404, {"error": {"code": 404, "message": self.path}})
-
-    def do_POST(self) -> None:
-        route = self._route()
-        if route is None:
-            return
-        collection, _, _ = route
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        image = compute_v1.Image.from_json(body, ignore_unknown_fields=False)
-        self.server.inserts.append(image)
-        if collection != "images":
-            self._send(404, {"error": {"code": 404, "message": collection}})
-            return
-        if self.server.fail_insert:
-            self._send(403, {"error": {"code": 403, "message": self.server.fail_insert}})
-            return
-        stored = json.loads(compute_v1.Image.to_json(image))
-        stored["id"] = str(len(self.server.images) + 1000)
-        self.server.images[image.name] = stored
-        self._send(200, {"name": f"operation-{stored['id']}", "status": "DONE", "operationType": "insert"})
-
-
-@pytest.fixture(scope="module")
-def compute() -> Iterator[ComputeFixture]:
-    server = ComputeFixture()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def bucket(gcs_emulator: emulators.Emulator, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
-    name = f"images-{secrets.token_hex(4)}"
-    storage.Client(project=PROJECT, credentials=AnonymousCredentials()).create_bucket(name)
-    return name
 
 
 def _object_sha256(bucket: str, name: str) -> str:

@@ -11,17 +11,7 @@ import pytest
 from devserver.clouds.common import ProgressEvent, publish
 from devserver.clouds.openstack import HASH_PROPERTY, OpenStackUploader
 from devserver.images.artifact import load_manifest
-from tests.uploads import emulators
-from tests.uploads.conftest import ArtifactFactory, run_upload_cli
-
-CLOUD = "glance-test"
-
-
-@pytest.fixture
-def clouds_yaml(glance: emulators.Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = emulators.glance_clouds_yaml(glance, tmp_path, CLOUD)
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
-    return path
+from tests.uploads.conftest import CLOUD, ArtifactFactory, run_upload_cli
 
 
 def _images(inputs_hash: str) -> list[openstack.image.v2.image.Image]:
