@@ -48,8 +48,24 @@ def _qemu_processes(marker: str) -> list[int]:
 
 def test_accel_is_kvm_only_when_a_kvm_guest_really_runs() -> None:
     assert qemu.probe_accel("tcg")  # the probe's guest code really runs and exits with its code
-    kvm_works = os.access("/dev/kvm", os.R_OK | os.W_OK) and qemu.probe_accel("kvm")
+    kvm_works = os.access("/dev/kvm", os.R_OK | os.W_OK) and qemu.kvm_runs_stock_kernels() and qemu.probe_accel("kvm")
     assert qemu.detect_accel() == ("kvm" if kvm_works else "tcg")
+
+
+@pytest.mark.parametrize(
+    ("modules", "stock"),
+    [
+        ({"kvm", "kvm_pvm"}, False),  # nested PVM: the boot sector runs, a distribution kernel hangs
+        ({"kvm", "kvm_intel"}, True),
+        ({"kvm", "kvm_amd", "kvm_pvm"}, True),
+        ({"kvm"}, True),  # no PVM backend: the boot-sector probe decides
+        (set(), True),
+    ],
+)
+def test_pvm_alone_does_not_count_as_kvm(tmp_path: Path, modules: set[str], stock: bool) -> None:
+    for name in modules:
+        (tmp_path / name).mkdir()
+    assert qemu.kvm_runs_stock_kernels(tmp_path) is stock
 
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])

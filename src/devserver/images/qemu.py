@@ -9,8 +9,10 @@ Contracts:
 * :func:`detect_accel` answers ``kvm`` only when a KVM guest really runs here: it boots a 512-byte boot sector that
   writes to qemu's ``isa-debug-exit`` port, with the CPU model and SMP that :func:`boot` uses under KVM (``-cpu
   host``: a plain ``qemu64`` guest can run where a kernel on the host CPU model cannot, as under nested PVM, where
-  qemu aborts setting the host's MSRs), and requires the exit code it sets within seconds. ``/dev/kvm`` existing is
-  not taken as proof. The answer is cached for the process.
+  qemu aborts setting the host's MSRs), and requires the exit code it sets within seconds. Before that it asks the
+  kernel which KVM backend it runs (:func:`kvm_runs_stock_kernels`): nested PVM (``kvm_pvm`` without ``kvm_intel``
+  or ``kvm_amd``) runs the probe's real-mode code but hangs a stock distribution kernel, so it means TCG.
+  ``/dev/kvm`` existing is not taken as proof. The answer is cached for the process.
 * :func:`boot` yields only once a real ``ssh … true`` has succeeded; if qemu exits first, or the timeout passes, it
   raises :class:`ImageBuildError` with the tail of the serial console. On leaving the block — normally, by an
   exception or by KeyboardInterrupt — qemu is killed and everything it made under `workdir` is removed.
@@ -79,9 +81,19 @@ class BootedVM:
 @functools.cache
 def detect_accel() -> str:
     """``kvm`` if a KVM guest really runs on this machine, else ``tcg``."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or not kvm_runs_stock_kernels():
         return "tcg"
     return "kvm" if probe_accel("kvm") else "tcg"
+
+
+def kvm_runs_stock_kernels(sys_module: Path = Path("/sys/module")) -> bool:
+    """False when the kernel's only KVM backend is PVM (``kvm_pvm``: virtualization by page tables, for nested
+    clouds without VMX/SVM), whose guests must run a PVM-enabled kernel: a stock Debian or Ubuntu kernel hangs there
+    (seen on this project's CI machines) although a real-mode probe runs. True with ``kvm_intel`` / ``kvm_amd``, or
+    when no PVM backend is loaded (the boot-sector probe decides then)."""
+    if (sys_module / "kvm_intel").exists() or (sys_module / "kvm_amd").exists():
+        return True
+    return not (sys_module / "kvm_pvm").exists()
 
 
 def probe_accel(accel: str) -> bool:
