@@ -114,6 +114,8 @@ class ComputeFixture(ThreadingHTTPServer):
         self.images: dict[str, dict[str, Any]] = {}
         self.inserts: list[compute_v1.Image] = []
         self.fail_insert: str | None = None
+        # (status, message) answered to every request, e.g. (401, …) for credentials the API refuses
+        self.fail_all: tuple[int, str] | None = None
 
     @property
     def url(self) -> str:
@@ -135,6 +137,10 @@ class _ComputeHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _route(self) -> tuple[str, list[str], dict[str, list[str]]] | None:
+        if self.server.fail_all:
+            status, message = self.server.fail_all
+            self._send(status, {"error": {"code": status, "message": message}})
+            return None
         url = urlparse(self.path)
         parts = url.path.strip("/").split("/")
         # compute/v1/projects/{project}/global/{collection}[/{name}]

@@ -216,6 +216,25 @@ def test_failed_import_task_is_a_cloud_error() -> None:
             wait_import(ec2, "import-snap-1", lambda _: None)
 
 
+def test_refused_credentials_are_a_clear_cloud_error(make_artifact: ArtifactFactory) -> None:
+    """moto takes any key; EC2 itself answers AuthFailure (HTTP 401), stubbed here on the uploader's first call."""
+    folder = make_artifact("aws")
+    uploader = AwsUploader(region="eu-west-1")
+    ec2 = uploader._client("ec2")
+    with Stubber(ec2) as stub:
+        stub.add_client_error(
+            "describe_images",
+            service_error_code="AuthFailure",
+            service_message="AWS was not able to validate the provided access credentials",
+            http_status_code=401,
+        )
+        with pytest.raises(CloudError) as caught:
+            publish(uploader, folder)
+    assert "AuthFailure" in str(caught.value)
+    assert "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" in caught.value.fix
+    assert _ami(load_manifest(folder).inputs_hash) == []
+
+
 def test_missing_region_is_a_usage_error(make_artifact: ArtifactFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_REGION")
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)

@@ -115,6 +115,23 @@ def test_missing_bucket_and_missing_project_are_clear_cloud_errors(
     assert "project 'no-such-project' not found" in doc["error"]
 
 
+def test_refused_credentials_are_a_clear_cloud_error(
+    bucket: str, compute: ComputeFixture, make_artifact: ArtifactFactory
+) -> None:
+    """The emulators take any credentials; the compute fixture answers 401 as Google does for a revoked token. The
+    SDK then tries to refresh the credentials (anonymous ones here cannot be), which is the error the user sees."""
+    inserts = len(compute.inserts)
+    compute.fail_all = (401, "Request had invalid authentication credentials.")
+    try:
+        code, doc, _ = _cli(make_artifact("gce"), bucket, compute)
+    finally:
+        compute.fail_all = None
+    assert code == 1
+    assert "credentials" in doc["error"]
+    assert "fix: run `gcloud auth application-default login`" in doc["error"]
+    assert len(compute.inserts) == inserts  # refused before anything was registered
+
+
 def test_human_output_reports_the_registered_image(
     bucket: str, compute: ComputeFixture, make_artifact: ArtifactFactory
 ) -> None:

@@ -79,6 +79,8 @@ def _error(exc: Exception, doing: str) -> CloudError:
         message = exc.response.get("Error", {}).get("Message", "")
         fixes = {
             "InvalidClientTokenId": "check AWS_ACCESS_KEY_ID / the profile",
+            # EC2's own name for a key it does not know or a signature that does not match
+            "AuthFailure": "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile",
             "SignatureDoesNotMatch": "check AWS_SECRET_ACCESS_KEY / the profile",
             "AccessDenied": "grant the ebs:*Snapshot*, ec2:RegisterImage and ec2:CreateTags permissions",
             "AccessDeniedException": "grant the ebs:*Snapshot*, ec2:RegisterImage and ec2:CreateTags permissions",

@@ -92,7 +92,12 @@ def _fail(exc: Exception, doing: str, project: str, bucket: str = "") -> CloudEr
     if isinstance(exc, gexc.NotFound):
         what = f"bucket {bucket!r}" if bucket else f"project {project!r}"
         return CloudError(f"{doing}: {what} not found", "create it, or pass an existing one (--project/--bucket)")
-    if isinstance(exc, gexc.Forbidden | gexc.Unauthorized):
+    if isinstance(exc, gexc.Unauthorized):
+        return CloudError(
+            f"{doing}: the credentials were refused ({exc.message})",
+            "run `gcloud auth application-default login`, or check the service account key",
+        )
+    if isinstance(exc, gexc.Forbidden):
         return CloudError(
             f"{doing}: permission denied ({exc.message})", "grant storage.objectAdmin / compute.imageAdmin"
         )
