@@ -89,7 +89,7 @@ def detect_accel() -> str:
 def kvm_runs_stock_kernels(sys_module: Path = Path("/sys/module")) -> bool:
     """False when the kernel's only KVM backend is PVM (``kvm_pvm``: virtualization by page tables, for nested
     clouds without VMX/SVM), whose guests must run a PVM-enabled kernel: a stock Debian or Ubuntu kernel hangs there
-    (seen on this project's CI machines) although a real-mode probe runs. True with ``kvm_intel`` / ``kvm_amd``, or
+    (seen on this project's test machines) although a real-mode probe runs. True with ``kvm_intel`` / ``kvm_amd``, or
     when no PVM backend is loaded (the boot-sector probe decides then)."""
     if (sys_module / "kvm_intel").exists() or (sys_module / "kvm_amd").exists():
         return True
