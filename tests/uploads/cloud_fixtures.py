@@ -23,6 +23,9 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.mgmt.compute import models
 from google.cloud import compute_v1
 
+from devserver.clouds.azure import AzureUploader
+from tests.uploads import emulators
+
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 
 
@@ -189,3 +192,16 @@ class _ComputeHandler(BaseHTTPRequestHandler):
         stored["id"] = str(len(self.server.images) + 1000)
         self.server.images[image.name] = stored
         self._send(200, {"name": f"operation-{stored['id']}", "status": "DONE", "operationType": "insert"})
+
+
+def azure_uploader(azurite: emulators.Emulator, container: str, transport: RecordingArmTransport) -> AzureUploader:
+    """An AzureUploader on Azurite's blob service with the recording ARM transport for the image calls."""
+    return AzureUploader(
+        container=container,
+        resource_group="images-rg",
+        location="westeurope",
+        subscription=SUBSCRIPTION,
+        connection_string=emulators.azurite_connection_string(azurite),
+        credential=FixtureCredential(),
+        arm_transport=transport,
+    )

@@ -12,24 +12,12 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from devserver.clouds.azure import GRANULE, AzureUploader
+from devserver.clouds.azure import GRANULE
 from devserver.clouds.common import HASH_KEY, CloudError, ProgressEvent, publish
 from devserver.images.artifact import load_manifest
 from tests.uploads import emulators
-from tests.uploads.cloud_fixtures import SUBSCRIPTION, FixtureCredential, RecordingArmTransport
+from tests.uploads.cloud_fixtures import SUBSCRIPTION, RecordingArmTransport, azure_uploader
 from tests.uploads.conftest import GIB, ArtifactFactory, data_blocks, run_upload_cli
-
-
-def _uploader(azurite: emulators.Emulator, container: str, transport: RecordingArmTransport) -> AzureUploader:
-    return AzureUploader(
-        container=container,
-        resource_group="images-rg",
-        location="westeurope",
-        subscription=SUBSCRIPTION,
-        connection_string=emulators.azurite_connection_string(azurite),
-        credential=FixtureCredential(),
-        arm_transport=transport,
-    )
 
 
 def assert_blob_holds(azurite: emulators.Emulator, container: str, blob: str, vhd: Path) -> None:
@@ -53,7 +41,7 @@ def test_page_blob_sends_only_data_and_registers_a_gen2_image(
     folder = make_artifact("azure")
     manifest = load_manifest(folder)
     transport = RecordingArmTransport()
-    result = publish(_uploader(azurite, container, transport), folder)
+    result = publish(azure_uploader(azurite, container, transport), folder)
     assert result.status == "registered"
     assert result.bytes_sent <= 1.05 * manifest.primary.allocated
     assert_blob_holds(azurite, container, f"{manifest.name}.vhd", folder / "disk.vhd")
@@ -70,7 +58,7 @@ def test_page_blob_sends_only_data_and_registers_a_gen2_image(
     }
     assert result.location.endswith(f"/{container}/{manifest.name}.vhd")
 
-    again = publish(_uploader(azurite, container, transport), folder)
+    again = publish(azure_uploader(azurite, container, transport), folder)
     assert again.status == "already-registered"
     assert again.image == result.image
     assert len(transport.puts()) == 1
@@ -90,9 +78,9 @@ def test_interrupted_page_upload_resumes_from_the_blobs_page_ranges(
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        publish(_uploader(azurite, container, RecordingArmTransport()), folder, kill_halfway)
+        publish(azure_uploader(azurite, container, RecordingArmTransport()), folder, kill_halfway)
     events: list[ProgressEvent] = []
-    result = publish(_uploader(azurite, container, RecordingArmTransport()), folder, events.append)
+    result = publish(azure_uploader(azurite, container, RecordingArmTransport()), folder, events.append)
     assert result.resumed
     assert 0 < result.bytes_sent < 0.6 * manifest.primary.allocated
     assert events[0].total == result.bytes_sent
@@ -105,7 +93,7 @@ def test_failed_image_creation_deletes_the_blob(
     folder = make_artifact("azure")
     transport = RecordingArmTransport(fail_put=(409, "OperationNotAllowed"))
     with pytest.raises(CloudError, match=r"registration failed: .*OperationNotAllowed.*removed what this run created"):
-        publish(_uploader(azurite, container, transport), folder)
+        publish(azure_uploader(azurite, container, transport), folder)
     client = BlobServiceClient.from_connection_string(emulators.azurite_connection_string(azurite))
     assert list(client.get_container_client(container).list_blobs()) == []
 

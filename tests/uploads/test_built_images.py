@@ -26,12 +26,16 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from devserver.clouds.aws import BLOCK
-from devserver.clouds.azure import AzureUploader
 from devserver.clouds.common import HASH_KEY, publish
 from devserver.clouds.openstack import HASH_PROPERTY
 from devserver.images.artifact import Manifest, load_manifest
 from tests.uploads import emulators
-from tests.uploads.cloud_fixtures import PROJECT, SUBSCRIPTION, ComputeFixture, FixtureCredential, RecordingArmTransport
+from tests.uploads.cloud_fixtures import (
+    PROJECT,
+    ComputeFixture,
+    RecordingArmTransport,
+    azure_uploader,
+)
 from tests.uploads.conftest import CLOUD, MIB, run_upload_cli
 
 BuiltArtifact = Callable[[str], dict[str, Any]]
@@ -93,18 +97,6 @@ def test_gce_built_image_uploads_and_reads_back(
     assert len(compute.inserts) == inserts
 
 
-def _azure_uploader(azurite: emulators.Emulator, container: str, transport: RecordingArmTransport) -> AzureUploader:
-    return AzureUploader(
-        container=container,
-        resource_group="images-rg",
-        location="westeurope",
-        subscription=SUBSCRIPTION,
-        connection_string=emulators.azurite_connection_string(azurite),
-        credential=FixtureCredential(),
-        arm_transport=transport,
-    )
-
-
 def test_azure_built_image_uploads_and_reads_back(
     cloud_artifact: BuiltArtifact, azurite: emulators.Emulator, container: str, tmp_path: Path
 ) -> None:
@@ -112,7 +104,7 @@ def test_azure_built_image_uploads_and_reads_back(
     vhd = manifest.primary
     assert vhd.path == "disk.vhd"
     transport = RecordingArmTransport()
-    result = publish(_azure_uploader(azurite, container, transport), folder)
+    result = publish(azure_uploader(azurite, container, transport), folder)
     assert result.status == "registered"
     assert result.bytes_sent <= 1.05 * vhd.allocated
     assert result.location.endswith(f"/{container}/{manifest.name}.vhd")
@@ -134,7 +126,7 @@ def test_azure_built_image_uploads_and_reads_back(
     assert copy.stat().st_size == vhd.file_size
     assert _sha256_of(copy) == vhd.sha256
 
-    again = publish(_azure_uploader(azurite, container, transport), folder)
+    again = publish(azure_uploader(azurite, container, transport), folder)
     assert again.status == "already-registered"
     assert again.image == result.image
     assert len(transport.puts()) == 1
