@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--host", help="a running host of `scripts/testhost up NAME` (kept up afterwards)")
     parser.add_argument("--tasks", action="store_true", help="list every task that ran, not only the slowest")
+    parser.add_argument("--no-mitogen", action="store_true", help="time Ansible's own SSH connection instead")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -70,7 +71,7 @@ def main() -> None:
                 argv = [
                     sys.executable, "-m", "devserver", "update", f"{host.user}@{host.address}", "--spec",
                     str(spec_path), "--key", str(host.private_key), "--known-hosts", str(host.known_hosts),
-                    "--data-device", host.data_device, "--json",
+                    "--data-device", host.data_device, "--json", *(["--no-mitogen"] if args.no_mitogen else []),
                 ]  # fmt: skip
                 # as tests/roles/test_update.py does; only once, so a reused host's merged file stays as it is
                 settings = json.dumps(th.DOCKERD_NETWORK_SETTINGS)
@@ -91,7 +92,7 @@ def main() -> None:
                     f"no-op update (CLI, {args.runs} runs): median {statistics.median(times):.1f} s, "
                     f"min {min(times):.1f} s, max {max(times):.1f} s"
                 )
-                _breakdown(host, spec_path, every_task=args.tasks)
+                _breakdown(host, spec_path, every_task=args.tasks, mitogen=not args.no_mitogen)
         finally:
             if not args.host:
                 th.down(host)
@@ -109,7 +110,7 @@ def _pin() -> str:
     return versions.CONTAINER_TOOLKIT
 
 
-def _breakdown(host: th.TestHost, spec_path: Path, *, every_task: bool) -> None:
+def _breakdown(host: th.TestHost, spec_path: Path, *, every_task: bool, mitogen: bool) -> None:
     resolved = resolve(load_spec_bytes(spec_path.read_bytes()))
     target = Host(host.address, host.address, host.user, key_file=host.private_key)
     started = time.perf_counter()
@@ -139,6 +140,7 @@ def _breakdown(host: th.TestHost, spec_path: Path, *, every_task: bool) -> None:
         only=[],
         data_device=host.data_device,
         known_hosts=host.known_hosts,
+        mitogen=mitogen,
         on_event=on_event,
     )
     per_phase[str(last[1])] += time.perf_counter() - float(last[0])

@@ -35,6 +35,8 @@ class Preflight:
     host: Host
     os: str  # one of SUPPORTED_OS's values
     kernel: str
+    python: str  # the host's python3, handed to Ansible so that it skips interpreter discovery
+    python_apt: bool  # python3-apt installed: Ansible's apt module can run under Mitogen
 
 
 @contextmanager
@@ -82,7 +84,7 @@ def connect(host: Host, *, known_hosts: Path | None = None, timeout: float = 15)
 
 
 def preflight(host: Host, *, known_hosts: Path | None = None) -> Preflight:
-    """Reach the host, check sudo works without a password and the OS is supported."""
+    """Reach the host, check sudo works without a password, the OS is supported and python3 is there."""
     with connect(host, known_hosts=known_hosts) as connection:
         sudo = connection.run("sudo -n true", hide=True, warn=True, in_stream=False)
         if sudo.exited != 0:
@@ -91,7 +93,7 @@ def preflight(host: Host, *, known_hosts: Path | None = None) -> Preflight:
                 f"sudo without a password is refused for {host.user}",
                 f"give {host.user} passwordless sudo (cloud-init does this on devserver VMs)",
             )
-        release = connection.run("cat /etc/os-release; uname -r", hide=True, warn=True, in_stream=False).stdout
+        release = connection.run(_RELEASE_PROBE, hide=True, warn=True, in_stream=False).stdout
     fields = dict(line.split("=", 1) for line in release.splitlines() if "=" in line and not line.startswith("#"))
     os_id = fields.get("ID", "").strip('"')
     version = fields.get("VERSION_ID", "").strip('"')
@@ -101,8 +103,23 @@ def preflight(host: Host, *, known_hosts: Path | None = None) -> Preflight:
         raise RemoteError(
             host, f"runs {pretty}, which devserver does not support", "use Debian 12, Ubuntu 22.04 or Ubuntu 24.04"
         )
+    python = fields.get(_PYTHON_KEY, "")
+    if not python:
+        raise RemoteError(host, "has no python3, which Ansible needs", "install it: sudo apt-get install -y python3")
     kernel = release.strip().splitlines()[-1]
-    return Preflight(host=host, os=os_name, kernel=kernel)
+    apt = fields.get(_PYTHON_APT_KEY, "") == "installed"
+    return Preflight(host=host, os=os_name, kernel=kernel, python=python, python_apt=apt)
+
+
+# One round trip: os-release's lines, then the host's python3 (empty when there is none) and python3-apt's dpkg
+# status on lines of their own, then the running kernel.
+_PYTHON_KEY = "DEVSERVER_PYTHON3"
+_PYTHON_APT_KEY = "DEVSERVER_PYTHON3_APT"
+_RELEASE_PROBE = (
+    f"cat /etc/os-release; printf '{_PYTHON_KEY}=%s\\n' \"$(command -v python3)\"; "
+    f"printf '{_PYTHON_APT_KEY}=%s\\n' \"$(dpkg-query -W -f='${{db:Status-Status}}' python3-apt 2>/dev/null)\"; "
+    "uname -r"
+)
 
 
 def run_command(host: Host, command: str, *, known_hosts: Path | None = None) -> int:

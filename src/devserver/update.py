@@ -105,15 +105,30 @@ def update(
     only: Sequence[str],
     data_device: str | None,
     known_hosts: Path | None,
+    mitogen: bool = True,
     on_event: Callable[[TaskEvent | str], None] | None = None,
 ) -> RunSummary:
-    """Preflight all hosts, then run the playbook on all of them with the spec's variables."""
+    """Preflight all hosts, then run the playbook on all of them with the spec's variables: through Mitogen
+    (:func:`devserver.runner.mitogen_envvars`) unless `mitogen` is false or a host lacks python3-apt. Without it,
+    Ansible's apt module installs it and re-runs itself in a new Python, which cannot import the module code that
+    Mitogen serves from memory; so a fresh host's first converge runs over Ansible's own connection (minutes of
+    package installs either way), and the runs after it through Mitogen."""
     from devserver.ansible_vars import role_vars
 
     tags = tags_for(only)
-    check_hosts(hosts, resolved, known_hosts)
+    checked = check_hosts(hosts, resolved, known_hosts)
     extravars = role_vars(resolved, data_device=data_device)
-    return run_playbook(hosts, extravars, check=check, diff=diff, tags=tags, known_hosts=known_hosts, on_event=on_event)
+    return run_playbook(
+        hosts,
+        extravars,
+        check=check,
+        diff=diff,
+        tags=tags,
+        known_hosts=known_hosts,
+        pythons={p.host.name: p.python for p in checked},
+        mitogen=mitogen and all(p.python_apt for p in checked),
+        on_event=on_event,
+    )
 
 
 @dataclass(frozen=True)

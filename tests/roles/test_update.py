@@ -127,6 +127,20 @@ def test_update_converges_then_is_idempotent(
     assert rc == 0, json.dumps(second["failures"], indent=1)[-6000:]
     assert second["hosts"][host.address]["changed"] == 0, second["changed_tasks"]
 
+    # Drift is repaired: the roles skip apt and the holds when their probes find everything in place, so a package
+    # someone removed and holds someone lifted must still be seen and put back.
+    host.ssh("sudo apt-get remove -y -q htop && sudo apt-mark unhold nvidia-driver nvidia-container-toolkit")
+    rc, third = devserver(host, spec)
+    assert rc == 0, json.dumps(third["failures"], indent=1)[-6000:]
+    repaired = {task["task"] for task in third["changed_tasks"]}
+    assert repaired == {
+        "devserver_base : Install the base and developer packages",
+        "nvidia_driver : Hold the driver packages",
+        "container_runtime : Hold the toolkit at its version",
+    }, repaired
+    assert host.ssh("dpkg-query -W -f='${db:Status-Status}' htop").stdout == "installed"
+    assert {"nvidia-driver", "nvidia-container-toolkit"} <= set(host.ssh("apt-mark showhold").stdout.split())
+
 
 def test_check_mode_on_fresh_host_changes_nothing(
     testhost: th.TestHost, nvidia_fixture_repo: FixtureRepo, tmp_path: Path

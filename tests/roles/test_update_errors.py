@@ -90,6 +90,16 @@ def test_bad_input_fails_early_and_rerun_after_fix_completes(testhost: th.TestHo
     assert "does not support" in _problem(payload)
     os_release.write_text(original)
 
+    # No python3 (a minimal image): Ansible could not run a single module.
+    python3 = host.machine_root / "usr" / "bin" / "python3"
+    python3.rename(python3.with_name("python3.moved"))
+    try:
+        rc, payload, _ = _update(target, spec, key, known)
+    finally:
+        python3.with_name("python3.moved").rename(python3)
+    assert rc == 1
+    assert "has no python3, which Ansible needs" in _problem(payload)
+
     # Every cause fixed: the same command now completes (only the base role, to keep the test short).
     rc, payload, stderr = _update(target, spec, key, known, "--only", "devserver_base")
     assert rc == 0, json.dumps(payload.get("failures"), indent=1)[-4000:] + stderr[-2000:]

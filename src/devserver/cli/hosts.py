@@ -64,6 +64,7 @@ def run_update(
     key: Path | None,
     data_device: str | None,
     known_hosts: Path | None,
+    mitogen: bool,
     json_out: bool,
 ) -> None:
     from devserver import update as update_module
@@ -96,6 +97,7 @@ def run_update(
             only=only,
             data_device=data_device,
             known_hosts=known_hosts,
+            mitogen=mitogen,
             on_event=progress,
         )
     except SpecError as exc:

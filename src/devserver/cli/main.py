@@ -119,6 +119,14 @@ def update(
         str | None, typer.Option("--data-device", help="Block device of the data volume, e.g. /dev/sdb.")
     ] = None,
     known_hosts: KnownHostsOption = None,
+    no_mitogen: Annotated[
+        bool,
+        typer.Option(
+            "--no-mitogen",
+            help="Run the tasks over Ansible's own SSH connection instead of Mitogen's (about 1.5x slower; for a "
+            "host where Mitogen misbehaves).",
+        ),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Bring live hosts to the spec by running the devserver playbook.
@@ -137,6 +145,7 @@ def update(
         key=key,
         data_device=data_device,
         known_hosts=_known_hosts(known_hosts),
+        mitogen=not no_mitogen,
         json_out=json_out,
     )
 
