@@ -62,9 +62,7 @@ def main() -> None:
                 spec["repositories"] = {
                     "apt_proxy": host.apt_proxy,
                     "apt_proxy_bypass": [host.host_address],
-                    "container_toolkit_repo": repo.toolkit_url,
-                    "container_toolkit_key_url": repo.key_url,
-                    "container_toolkit_key_fingerprint": repo.fingerprint,
+                    **repo.toolkit_repositories(),
                 }
                 spec_path = workdir / "devserver.yaml"
                 spec_path.write_text(yaml.safe_dump(spec))

@@ -46,11 +46,7 @@ def offline_spec(out: Path) -> Iterator[Path]:
     # A fixed port: the same spec on every run, so an unchanged image is not rebuilt.
     with fixture_repo.serve(root, "127.0.0.1", port=33979) as repo:
         spec = yaml.safe_load((ROOT / "src" / "devserver" / "data" / "local.yaml").read_text())
-        spec["repositories"] = {
-            "container_toolkit_repo": repo.toolkit_url,
-            "container_toolkit_key_url": repo.key_url,
-            "container_toolkit_key_fingerprint": repo.fingerprint,
-        }
+        spec["repositories"] = repo.toolkit_repositories()
         out.mkdir(parents=True, exist_ok=True)
         path = out / "local-offline.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False))

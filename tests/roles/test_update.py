@@ -37,9 +37,7 @@ def write_spec(tmp_path: Path, host: th.TestHost, repo: FixtureRepo, **software:
         "apt_proxy": host.apt_proxy,
         # apt-cacher-ng refuses to pass key files through; the fixture repo is reached directly.
         "apt_proxy_bypass": [host.host_address],
-        "container_toolkit_repo": repo.toolkit_url,
-        "container_toolkit_key_url": repo.key_url,
-        "container_toolkit_key_fingerprint": repo.fingerprint,
+        **repo.toolkit_repositories(),
     }
     spec["software"].update(software)
     path = tmp_path / "devserver.yaml"

@@ -551,6 +551,14 @@ class FixtureRepo:
         """The toolkit repository's ASCII-armored public key (NVIDIA's ``gpgkey``)."""
         return f"{self.toolkit_url}/{TOOLKIT_KEY_FILE}"
 
+    def toolkit_repositories(self) -> dict[str, str]:
+        """The spec's ``repositories`` settings that point the roles at this toolkit repository and its key."""
+        return {
+            "container_toolkit_repo": self.toolkit_url,
+            "container_toolkit_key_url": self.key_url,
+            "container_toolkit_key_fingerprint": self.fingerprint,
+        }
+
     @property
     def cuda_url(self) -> str:
         """The CUDA repository root: the source is ``deb [signed-by=KEYRING] <cuda_url>/debian12/x86_64/ /``."""

@@ -60,11 +60,7 @@ def toolkit_repo() -> Iterator[fixture_repo.FixtureRepo]:
 def write_spec(folder: Path, repo: fixture_repo.FixtureRepo, **ssh: Any) -> Path:
     """The built-in local spec (examples/local.yaml), with the fixture standing in for NVIDIA's toolkit repo."""
     spec = yaml.safe_load((REPO / "examples" / "local.yaml").read_text())
-    spec["repositories"] = {
-        "container_toolkit_repo": repo.toolkit_url,
-        "container_toolkit_key_url": repo.key_url,
-        "container_toolkit_key_fingerprint": repo.fingerprint,
-    }
+    spec["repositories"] = repo.toolkit_repositories()
     spec["ssh"].update(ssh)
     path = folder / "devserver.yaml"
     path.write_text(yaml.safe_dump(spec))
