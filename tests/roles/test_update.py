@@ -2,8 +2,9 @@
 
 The real Debian `nvidia-driver` (DKMS build for the host's installed kernel), `nvidia-cuda-toolkit`, docker.io and
 containerd come from Debian's archive through the host's apt-cacher-ng — which the spec's `repositories.apt_proxy`
-points at, so this also proves the proxy setting. NVIDIA's container-toolkit repository is unreachable here: the
-`nvidia_fixture_repo` fixture stands in for it (a local apt repository signed with a key the test generates).
+points at, so this also proves the proxy setting. NVIDIA's container-toolkit and CUDA repositories are unreachable
+here: the `nvidia_fixture_repo` fixture stands in for them (local apt repositories signed with keys the test
+generates).
 """
 
 from __future__ import annotations
@@ -138,6 +139,46 @@ def test_update_converges_then_is_idempotent(
     }, repaired
     assert host.ssh("dpkg-query -W -f='${db:Status-Status}' htop").stdout == "installed"
     assert {"nvidia-driver", "nvidia-container-toolkit"} <= set(host.ssh("apt-mark showhold").stdout.split())
+
+
+def test_cuda_repo_source_converges_then_is_idempotent(
+    testhost: th.TestHost, nvidia_fixture_repo: FixtureRepo, tmp_path: Path
+) -> None:
+    """Driver and CUDA from the CUDA repository (source cuda-repo): here the TEST FIXTURE's, signed with a key of
+    its own that the spec pins by fingerprint. Its cuda-drivers-535 pulls in Debian's real driver (DKMS-built),
+    its cuda-toolkit-12-2 a stand-in nvcc."""
+    host, repo = testhost, nvidia_fixture_repo
+    spec = write_spec(
+        tmp_path,
+        host,
+        repo,
+        driver={"source": "cuda-repo", "branch": 535, "flavour": "proprietary"},
+        cuda={"version": "12.2"},
+    )
+    settings = yaml.safe_load(spec.read_text())
+    # the key from its default place, <cuda_repo>/debian12/x86_64/3bf863cc.pub, as at NVIDIA
+    settings["repositories"] |= {"cuda_repo": repo.cuda_url, "cuda_repo_key_fingerprint": repo.cuda_fingerprint}
+    spec.write_text(yaml.safe_dump(settings))
+    only = ["--only", "devserver_base", "--only", "nvidia_driver", "--only", "cuda_toolkit"]
+
+    rc, first = devserver(host, spec, *only)
+    assert rc == 0, json.dumps(first["failures"], indent=1)[-6000:]
+    source = host.ssh("cat /etc/apt/sources.list.d/devserver-cuda.sources").stdout
+    assert f"URIs: {repo.cuda_url}/debian12/x86_64/" in source, source
+    keyring = next(line.split(":", 1)[1].strip() for line in source.splitlines() if line.startswith("Signed-By:"))
+    listing = host.ssh(f"gpg --batch --with-colons --show-keys {keyring}").stdout
+    assert f"fpr:::::::::{repo.cuda_fingerprint}:" in listing, listing
+    assert host.ssh("dpkg-query -W -f='${db:Status-Status}' cuda-drivers-535").stdout == "installed"
+    assert "cuda-drivers-535" in host.ssh("apt-mark showhold").stdout.split()
+    kernel = host.ssh("dpkg-query -W -f='${Package}\\n' 'linux-image-[0-9]*' | sed 's/^linux-image-//'").stdout
+    assert f"{kernel.split()[0]}, x86_64: installed" in host.ssh("sudo dkms status").stdout
+    # nvcc of the version asked for, on the PATH of a login shell (profile.d)
+    assert host.ssh("bash -lc 'command -v nvcc'").stdout.strip() == "/usr/local/cuda-12.2/bin/nvcc"
+    assert "release 12.2" in host.ssh("bash -lc 'nvcc --version'").stdout
+
+    rc, second = devserver(host, spec, *only)
+    assert rc == 0, json.dumps(second["failures"], indent=1)[-6000:]
+    assert second["hosts"][host.address]["changed"] == 0, second["changed_tasks"]
 
 
 def test_check_mode_on_fresh_host_changes_nothing(
