@@ -31,7 +31,9 @@ EXISTING_DAEMON_JSON = {
 }
 
 
-def write_spec(tmp_path: Path, host: th.TestHost, repo: FixtureRepo, **software: Any) -> Path:
+def write_spec(
+    tmp_path: Path, host: th.TestHost, repo: FixtureRepo, file_name: str = "devserver.yaml", **software: Any
+) -> Path:
     spec = yaml.safe_load((REPO / "examples" / "local.yaml").read_text())
     spec["disks"]["data"] = {"size_gb": 2, "mount_point": "/data", "docker_data_root": True}
     spec["repositories"] = {
@@ -41,7 +43,7 @@ def write_spec(tmp_path: Path, host: th.TestHost, repo: FixtureRepo, **software:
         **repo.toolkit_repositories(),
     }
     spec["software"].update(software)
-    path = tmp_path / "devserver.yaml"
+    path = tmp_path / file_name
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -140,29 +142,23 @@ def test_update_converges_then_is_idempotent(
     assert host.ssh("dpkg-query -W -f='${db:Status-Status}' htop").stdout == "installed"
     assert {"nvidia-driver", "nvidia-container-toolkit"} <= set(host.ssh("apt-mark showhold").stdout.split())
 
-
-def test_cuda_repo_source_converges_then_is_idempotent(
-    testhost: th.TestHost, nvidia_fixture_repo: FixtureRepo, tmp_path: Path
-) -> None:
-    """Driver and CUDA from the CUDA repository (source cuda-repo): here the TEST FIXTURE's, signed with a key of
-    its own that the spec pins by fingerprint. Its cuda-drivers-535 pulls in Debian's real driver (DKMS-built),
-    its cuda-toolkit-12-2 a stand-in nvcc."""
-    host, repo = testhost, nvidia_fixture_repo
-    spec = write_spec(
+    # Day 2, another source: driver and CUDA from the CUDA repository (here the TEST FIXTURE's, signed with a key of
+    # its own that the spec pins by fingerprint; its cuda-drivers-535 depends on Debian's driver, already built, its
+    # cuda-toolkit-12-2 brings a stand-in nvcc).
+    cuda_spec = write_spec(
         tmp_path,
         host,
         repo,
+        "cuda-repo.yaml",
         driver={"source": "cuda-repo", "branch": 535, "flavour": "proprietary"},
         cuda={"version": "12.2"},
     )
-    settings = yaml.safe_load(spec.read_text())
+    settings = yaml.safe_load(cuda_spec.read_text())
     # the key from its default place, <cuda_repo>/debian12/x86_64/3bf863cc.pub, as at NVIDIA
     settings["repositories"] |= {"cuda_repo": repo.cuda_url, "cuda_repo_key_fingerprint": repo.cuda_fingerprint}
-    spec.write_text(yaml.safe_dump(settings))
-    only = ["--only", "devserver_base", "--only", "nvidia_driver", "--only", "cuda_toolkit"]
-
-    rc, first = devserver(host, spec, *only)
-    assert rc == 0, json.dumps(first["failures"], indent=1)[-6000:]
+    cuda_spec.write_text(yaml.safe_dump(settings))
+    rc, switched = devserver(host, cuda_spec)
+    assert rc == 0, json.dumps(switched["failures"], indent=1)[-6000:]
     source = host.ssh("cat /etc/apt/sources.list.d/devserver-cuda.sources").stdout
     assert f"URIs: {repo.cuda_url}/debian12/x86_64/" in source, source
     keyring = next(line.split(":", 1)[1].strip() for line in source.splitlines() if line.startswith("Signed-By:"))
@@ -170,15 +166,12 @@ def test_cuda_repo_source_converges_then_is_idempotent(
     assert f"fpr:::::::::{repo.cuda_fingerprint}:" in listing, listing
     assert host.ssh("dpkg-query -W -f='${db:Status-Status}' cuda-drivers-535").stdout == "installed"
     assert "cuda-drivers-535" in host.ssh("apt-mark showhold").stdout.split()
-    kernel = host.ssh("dpkg-query -W -f='${Package}\\n' 'linux-image-[0-9]*' | sed 's/^linux-image-//'").stdout
-    assert f"{kernel.split()[0]}, x86_64: installed" in host.ssh("sudo dkms status").stdout
-    # nvcc of the version asked for, on the PATH of a login shell (profile.d)
+    # nvcc of the version asked for, first on a login shell's PATH (profile.d)
     assert host.ssh("bash -lc 'command -v nvcc'").stdout.strip() == "/usr/local/cuda-12.2/bin/nvcc"
     assert "release 12.2" in host.ssh("bash -lc 'nvcc --version'").stdout
-
-    rc, second = devserver(host, spec, *only)
-    assert rc == 0, json.dumps(second["failures"], indent=1)[-6000:]
-    assert second["hosts"][host.address]["changed"] == 0, second["changed_tasks"]
+    rc, again = devserver(host, cuda_spec)
+    assert rc == 0, json.dumps(again["failures"], indent=1)[-6000:]
+    assert again["hosts"][host.address]["changed"] == 0, again["changed_tasks"]
 
 
 def test_check_mode_on_fresh_host_changes_nothing(
