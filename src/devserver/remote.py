@@ -15,19 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devserver.errors import DevserverError
 from devserver.targets import Host
 
 SUPPORTED_OS = {("debian", "12"): "debian-12", ("ubuntu", "22.04"): "ubuntu-22.04", ("ubuntu", "24.04"): "ubuntu-24.04"}
 
 
-class RemoteError(Exception):
-    """A host could not be used; `fix` says what to do about it."""
+class RemoteError(DevserverError):
+    """A host (its `where`: user@address:port) could not be used; `fix` says what to do about it."""
 
     def __init__(self, host: Host, message: str, fix: str) -> None:
-        super().__init__(f"{host.user}@{host.address}:{host.port}: {message}")
+        super().__init__(f"{host.user}@{host.address}:{host.port}", message, fix)
         self.host = host
-        self.message = message
-        self.fix = fix
 
 
 @dataclass(frozen=True)

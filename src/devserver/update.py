@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devserver.errors import Problem, SpecError
+from devserver.errors import DevserverError, Problem, SpecError
 from devserver.plan import Resolved
 from devserver.remote import Preflight, RemoteError, preflight, probe
 from devserver.runner import RunSummary, TaskEvent, ansible_root, run_playbook
@@ -88,12 +88,12 @@ def check_hosts(hosts: Sequence[Host], resolved: Resolved, known_hosts: Path | N
     return [r for r in results if isinstance(r, Preflight)]
 
 
-class HostsError(Exception):
-    """One or more hosts failed the preflight; nothing was changed on any host."""
+class HostsError(DevserverError):
+    """One or more hosts failed (the preflight, or a probe), one problem each; nothing was changed on any host."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("; ".join(p.render() for p in problems))
-        self.problems = problems
+        count = len(problems)
+        super().__init__("", f"{count} host problem(s); nothing was changed", problems=problems)
 
 
 def update(

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from devserver.cli.render import EXIT_SPEC, resolve_or_exit, spec_error
-from devserver.errors import Problem, SpecError
+from devserver.cli.output import ExitCode, err, fail, out, write_json
+from devserver.cli.render import resolve_or_exit
+from devserver.errors import InputError, Problem, SpecError
 from devserver.plan import Resolved
 from devserver.remote import RemoteError
 from devserver.runner import RunSummary, TaskEvent
 from devserver.targets import Host, parse_targets
 from devserver.update import Drift, HostsError
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-EXIT_FAILED = 1
 
 
 def default_spec(spec: Path | None) -> Path | None:
@@ -35,23 +29,11 @@ def default_spec(spec: Path | None) -> Path | None:
 
 def hosts_or_exit(target: str, resolved: Resolved, key: Path | None, json_out: bool) -> list[Host]:
     if key is not None and not key.is_file():
-        spec_error(
-            SpecError("--key", [Problem("--key", "is not a file", "pass your private key file", str(key))]), json_out
-        )
+        fail(SpecError("--key", [Problem("--key", "is not a file", "pass your private key file", str(key))]), json_out)
     try:
         return parse_targets(target, default_user=resolved.spec.ssh.admin_user, key_file=key)
     except SpecError as exc:
-        spec_error(exc, json_out)
-
-
-def host_problems(problems: list[Problem], json_out: bool, code: int) -> NoReturn:
-    if json_out:
-        sys.stdout.write(json.dumps({"ok": False, "problems": [p.as_dict() for p in problems]}, indent=2) + "\n")
-    else:
-        err.print(f"[bold red]error[/]: {len(problems)} host problem(s); nothing was changed")
-        for problem in problems:
-            err.out(f"  ✗ {problem.render()}", highlight=False)
-    raise typer.Exit(code)
+        fail(exc, json_out)
 
 
 def run_update(
@@ -73,8 +55,8 @@ def run_update(
     hosts = hosts_or_exit(target, resolved, key, json_out)
     mode = " (check mode: nothing will change)" if check else ""
     if not json_out:
-        out.print(f"[bold]devserver update[/] {resolved.spec.name} → {', '.join(h.name for h in hosts)}{mode}")
-    status = None if json_out else err.status("preflight: SSH, sudo, OS", spinner="dots")
+        out().print(f"[bold]devserver update[/] {resolved.spec.name} → {', '.join(h.name for h in hosts)}{mode}")
+    status = None if json_out else err().status("preflight: SSH, sudo, OS", spinner="dots")
 
     def progress(event: TaskEvent | str) -> None:
         if status is None:
@@ -82,9 +64,9 @@ def run_update(
         if isinstance(event, str):
             status.update(f"[cyan]{event}[/]")
         elif event.status == "changed":
-            out.print(f"  [yellow]changed[/] {event.host}  {event.task}")
+            out().print(f"  [yellow]changed[/] {event.host}  {event.task}")
         elif event.status in ("failed", "unreachable"):
-            out.print(f"  [red]{event.status}[/] {event.host}  {event.task}: {event.message[:400]}")
+            out().print(f"  [red]{event.status}[/] {event.host}  {event.task}: {event.message[:400]}")
 
     try:
         if status is not None:
@@ -100,16 +82,14 @@ def run_update(
             mitogen=mitogen,
             on_event=progress,
         )
-    except SpecError as exc:
-        spec_error(exc, json_out)
-    except HostsError as exc:
-        host_problems(exc.problems, json_out, EXIT_FAILED)
+    except (SpecError, HostsError) as exc:
+        fail(exc, json_out)
     finally:
         if status is not None:
             status.stop()
     render_summary(summary, check, json_out)
     if not summary.ok:
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 def render_summary(summary: RunSummary, check: bool, json_out: bool) -> None:
@@ -124,7 +104,7 @@ def render_summary(summary: RunSummary, check: bool, json_out: bool) -> None:
             "failures": [asdict(t) for t in summary.failures],
             "reboot_required": reboot,
         }
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        write_json(payload)
         return
     table = Table(title="Summary" + (" (check mode)" if check else ""), title_justify="left")
     for column in ("host", "ok", "changed", "failed", "unreachable", "skipped", "reboot"):
@@ -139,17 +119,17 @@ def render_summary(summary: RunSummary, check: bool, json_out: bool) -> None:
             str(stats.skipped),
             "required" if stats.reboot_required else "no",
         )
-    out.print(table)
+    out().print(table)
     if reboot:
-        out.print(
+        out().print(
             f"[yellow]reboot required[/] on {', '.join(reboot)} to load the new driver "
             "(set software.reboot: true to let devserver reboot)"
         )
     if summary.ok:
         verb = "would change" if check else "changed"
-        out.print(f"[green]✓[/] done: {summary.changed} task(s) {verb}")
+        out().print(f"[green]✓[/] done: {summary.changed} task(s) {verb}")
     else:
-        out.print(f"[red]✗[/] failed: {len(summary.failures)} task(s) failed or hosts unreachable")
+        out().print(f"[red]✗[/] failed: {len(summary.failures)} task(s) failed or hosts unreachable")
 
 
 def run_status(target: str, spec: Path | None, key: Path | None, known_hosts: Path | None, json_out: bool) -> None:
@@ -167,17 +147,17 @@ def run_status(target: str, spec: Path | None, key: Path | None, known_hosts: Pa
             continue
         report.append((host, facts, drift))
     if problems:
-        host_problems(problems, json_out, EXIT_FAILED)
+        fail(HostsError(problems), json_out)
     if json_out:
         payload = [
             {"host": h.name, "facts": f, "drift": [asdict(d) for d in d_], "in_sync": not d_} for h, f, d_ in report
         ]
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        write_json(payload)
     else:
         for host, facts, drift in report:
             _render_status(host, facts, drift)
     if any(d for _, _, d in report):
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 def _render_status(host: Host, facts: dict[str, object], drift: list[Drift]) -> None:
@@ -203,12 +183,12 @@ def _render_status(host: Host, facts: dict[str, object], drift: list[Drift]) -> 
     ):
         value = facts.get(key)
         table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
-    out.print(table)
+    out().print(table)
     if drift:
         for item in drift:
-            out.print(f"  [red]drift[/] {item.item}: want {item.want}, have {item.have}")
+            out().print(f"  [red]drift[/] {item.item}: want {item.want}, have {item.have}")
     else:
-        out.print("  [green]✓[/] in sync with the spec")
+        out().print("  [green]✓[/] in sync with the spec")
 
 
 def run_shell(target: str, command: list[str], key: Path | None, known_hosts: Path | None, spec: Path | None) -> None:
@@ -217,8 +197,7 @@ def run_shell(target: str, command: list[str], key: Path | None, known_hosts: Pa
     resolved = resolve_or_exit(default_spec(spec), False)
     hosts = hosts_or_exit(target, resolved, key, False)
     if len(hosts) != 1 and not command:
-        err.print("[bold red]error[/]: TARGET names several hosts — fix: name one host for an interactive shell")
-        raise typer.Exit(EXIT_SPEC)
+        fail(InputError("", "TARGET names several hosts", "name one host for an interactive shell"))
     try:
         if not command:
             with connect(hosts[0], known_hosts=known_hosts) as connection:
@@ -226,5 +205,5 @@ def run_shell(target: str, command: list[str], key: Path | None, known_hosts: Pa
             return
         codes = [run_command(host, " ".join(command), known_hosts=known_hosts) for host in hosts]
     except RemoteError as exc:
-        host_problems([Problem(exc.host.name, exc.message, exc.fix)], False, EXIT_FAILED)
+        fail(HostsError([Problem(exc.host.name, exc.message, exc.fix)]))
     raise typer.Exit(max(codes))

@@ -4,22 +4,18 @@ devserver.images.*, imported inside each command so that `devserver --help` stay
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from devserver.cli.upload import upload
 
 if TYPE_CHECKING:
-    from devserver.images.artifact import Manifest
-    from devserver.images.qemu import BootedVM
+    from devserver.images.build import BuildResult
     from devserver.plan import Resolved
     from devserver.runner import TaskEvent
 
@@ -31,8 +27,6 @@ image_app = typer.Typer(
     rich_markup_mode=None,
 )
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 TargetName = Literal["gce", "azure", "aws", "openstack", "local"]
 FirmwareName = Literal["uefi", "bios"]
 
@@ -55,30 +49,6 @@ ArtifactArg = Annotated[
 ]
 
 
-def _fail(message: str, fix: str, code: int, json_out: bool = False) -> NoReturn:
-    """One error line (or JSON), then exit `code`: never a traceback."""
-    from devserver.cli.render import err
-
-    if json_out:
-        sys.stdout.write(json.dumps({"ok": False, "error": message, "fix": fix}, indent=2) + "\n")
-    else:
-        err.print("[bold red]error[/]: ", end="")
-        err.out(f"{message} — fix: {fix}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _need_root(what: str, json_out: bool) -> None:
-    if os.geteuid() != 0:
-        fix = "run it with sudo (it mounts /proc, /sys and /dev inside the image tree)"
-        _fail(f"{what} needs root", fix, EXIT_FAILED, json_out)
-
-
-def _cache_dir(cache_dir: Path | None) -> Path:
-    from devserver.images import base
-
-    return cache_dir if cache_dir is not None else base.default_cache_dir()
-
-
 @image_app.command("base")
 def image_base(
     distro: Annotated[
@@ -94,27 +64,20 @@ def image_base(
     Mirrors and the apt proxy come from the spec's `repositories`.
     """
     from devserver.cli.hosts import default_spec
-    from devserver.cli.render import out, resolve_or_exit
-    from devserver.images import base
+    from devserver.cli.output import fail, out, write_json
+    from devserver.cli.render import resolve_or_exit
+    from devserver.errors import DevserverError
+    from devserver.images import api
 
     resolved = resolve_or_exit(default_spec(spec), json_out)
-    if distro and distro not in ("debian-12", "ubuntu-22.04", "ubuntu-24.04"):
-        _fail(f"--distro: unknown distribution {distro!r}", "use debian-12, ubuntu-22.04 or ubuntu-24.04", 2, json_out)
-    _need_root("devserver image base", json_out)
-    base_spec = base.BaseSpec.from_spec(resolved.spec)
-    if distro:
-        base_spec = base.BaseSpec.from_spec(resolved.spec.model_copy(update={"os": distro}))
-    started = time.monotonic()
     try:
-        tarball = base.build_base(base_spec, _cache_dir(cache_dir))
-    except (RuntimeError, OSError) as exc:
-        _fail(f"base rootfs: {exc}", "check the mirror in spec.repositories and the log it names", 1, json_out)
-    seconds = round(time.monotonic() - started, 1)
+        result = api.build_base(resolved, distro, cache_dir)
+    except DevserverError as exc:
+        fail(exc, json_out)
     if json_out:
-        payload = {"ok": True, "distro": base_spec.distro, "tarball": str(tarball), "seconds": seconds}
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        write_json({"ok": True, "distro": result.distro, "tarball": str(result.tarball), "seconds": result.seconds})
     else:
-        out.print(f"[green]✓[/] base {base_spec.distro}: {tarball} ({seconds} s)")
+        out().print(f"[green]✓[/] base {result.distro}: {result.tarball} ({result.seconds} s)")
 
 
 @image_app.command("build")
@@ -142,26 +105,30 @@ def image_build(
     is reused unless --force.
     """
     from devserver.cli.hosts import default_spec
-    from devserver.cli.render import err, out, resolve_or_exit
-    from devserver.images import build as build_module
+    from devserver.cli.output import err, fail, interrupted, out
+    from devserver.cli.render import resolve_or_exit
+    from devserver.errors import DevserverError
+    from devserver.images import api
+    from devserver.images.build import BuildOptions
 
     resolved = resolve_or_exit(default_spec(spec), json_out)
-    chosen = _choose_builder(builder)
+    chosen = api.choose_builder(builder)
     if chosen == "cloud":
         _build_in_cloud(resolved, target, json_out)
         return
-    options = build_module.BuildOptions(
-        target=target, out_dir=out_dir, cache_dir=_cache_dir(cache_dir), builder=chosen, force=force
+    options = BuildOptions(
+        target=target, out_dir=out_dir, cache_dir=api.cache_dir(cache_dir), builder=chosen, force=force
     )
-    key = build_module.inputs_hash(resolved, target, chosen)
-    found = None if force else build_module.existing(build_module.artifact_folder(resolved, options, key), key)
-    if found is None:
-        _need_root(f"devserver image build --builder {chosen}", json_out)
+    try:
+        planned = api.plan_build(resolved, options)
+    except DevserverError as exc:
+        fail(exc, json_out)
     if not json_out:
-        out.print(
-            f"[bold]devserver image build[/] {resolved.spec.name} → {target} ({chosen} builder, inputs {key[:12]})"
+        out().print(
+            f"[bold]devserver image build[/] {resolved.spec.name} → {target} ({chosen} builder, "
+            f"inputs {planned.inputs_hash[:12]})"
         )
-    status = None if json_out else err.status("starting", spinner="dots")
+    status = None if json_out else err().status("starting", spinner="dots")
     started = {"phase": "", "at": time.monotonic()}
 
     def progress(phase: str, what: str | TaskEvent) -> None:
@@ -169,124 +136,65 @@ def image_build(
             return
         if phase != started["phase"]:
             started.update(phase=phase, at=time.monotonic())
-            out.print(f"  [cyan]{phase}[/]: {what}")
+            out().print(f"  [cyan]{phase}[/]: {what}")
         if isinstance(what, str):
             status.update(f"[cyan]{phase}[/] {what}")
         elif what.status == "failed":
-            out.print(f"  [red]failed[/] {what.task}: {what.message[:400]}")
-
-    from devserver.images.base import ImageBuildError
-    from devserver.images.chroot import ChrootError
+            out().print(f"  [red]failed[/] {what.task}: {what.message[:400]}")
 
     # SIGTERM (a CI timeout, `kill`) cleans up like Ctrl-C: the chroot's mounts and the work folder go.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if status is not None:
-            status.start()
-        result = build_module.build(resolved, options, progress)
-    except build_module.BuildError as exc:
-        if status is not None:
-            status.stop()
-        _fail(f"image build failed in {exc.phase}: {exc.message}", _build_fix(exc), EXIT_FAILED, json_out)
-    except ImageBuildError as exc:
-        if status is not None:
-            status.stop()
-        _fail(f"image build failed: {exc.where}: {exc.message}", exc.fix, EXIT_FAILED, json_out)
-    except ChrootError as exc:
-        if status is not None:
-            status.stop()
-        _fail(f"image build failed preparing the chroot: {exc}", "run as root on a local filesystem", 1, json_out)
+        with status if status is not None else contextlib.nullcontext():
+            result = planned.run(progress)
+    except DevserverError as exc:
+        fail(exc, json_out, context="image build failed")
     except KeyboardInterrupt:
-        if status is not None:
-            status.stop()
-        _fail("image build interrupted; mounts and work folder removed", "run the same command again", 130, json_out)
-    finally:
-        if status is not None:
-            status.stop()
+        interrupted("image build interrupted; mounts and work folder removed", "run the same command again", json_out)
     _render_result(result, json_out)
 
 
-def _choose_builder(builder: str) -> Literal["chroot", "qemu", "cloud"]:
-    """auto: Packer's qemu builder where KVM really works (under TCG a driver build takes hours), else chroot."""
-    if builder != "auto":
-        return builder  # type: ignore[return-value]  # the Literal option admits only these
-    import shutil
+def _build_in_cloud(resolved: Resolved, target: TargetName, json_out: bool) -> None:
+    from devserver.cli.output import fail, out, write_json
+    from devserver.errors import DevserverError
+    from devserver.images import api
 
-    from devserver.images import qemu
-
-    return "qemu" if shutil.which("packer") and qemu.detect_accel() == "kvm" else "chroot"
-
-
-def _build_in_cloud(resolved: Resolved, target: str, json_out: bool) -> None:
-    from devserver.cli.render import out
-    from devserver.images import build as build_module
-    from devserver.images.packer import PackerError
-
-    if target == "local":
-        _fail("--builder cloud: a local image is not built in a cloud", "use --builder chroot or qemu", 2, json_out)
     try:
-        image_id = build_module.build_in_cloud(resolved, target)  # type: ignore[arg-type]  # checked above
-    except PackerError as exc:
-        _fail(f"packer: {exc.where}: {exc.message}", exc.fix, EXIT_FAILED, json_out)
+        image_id = api.build_in_cloud(resolved, target)
+    except DevserverError as exc:
+        fail(exc, json_out, context="" if exc.bad_input else "image build failed")
     if json_out:
-        sys.stdout.write(json.dumps({"ok": True, "target": target, "image": image_id}, indent=2) + "\n")
+        write_json({"ok": True, "target": target, "image": image_id})
     else:
-        out.print(f"[green]✓[/] built in {target}: {image_id}")
+        out().print(f"[green]✓[/] built in {target}: {image_id}")
 
 
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _build_fix(exc: Exception) -> str:
-    log = getattr(exc, "log", None)
-    return f"see {log}" if log else "fix the cause above and run the same command again"
+def _render_result(result: BuildResult, json_out: bool) -> None:
+    from devserver.cli.output import out, write_json
 
-
-def _render_result(result: object, json_out: bool) -> None:
-    from devserver.cli.render import out
-    from devserver.images.build import BuildResult
-
-    assert isinstance(result, BuildResult)
     manifest = result.manifest
     if json_out:
         payload = {"ok": True, "skipped": result.skipped, "folder": str(result.folder)}
-        sys.stdout.write(json.dumps(payload | {"manifest": manifest.model_dump(mode="json")}, indent=2) + "\n")
+        write_json(payload | {"manifest": manifest.model_dump(mode="json")})
         return
+    console = out()
     verb = "up to date (same inputs), reused" if result.skipped else "built"
-    out.print(f"[green]✓[/] {manifest.name} {verb}: {result.folder}")
+    console.print(f"[green]✓[/] {manifest.name} {verb}: {result.folder}")
     for disk in manifest.disks:
         gib = disk.virtual_size / 1024**3
-        out.print(
+        console.print(
             f"    {disk.path}: {disk.format}, {gib:.1f} GiB virtual, {disk.allocated / 1024**2:.0f} MiB allocated, "
             f"{disk.file_size / 1024**2:.0f} MiB file"
         )
     if manifest.components:
-        out.print("    " + ", ".join(f"{k} {v}" for k, v in sorted(manifest.components.items())))
+        console.print("    " + ", ".join(f"{k} {v}" for k, v in sorted(manifest.components.items())))
     if not result.skipped:
-        out.print("    " + ", ".join(f"{k} {v:.0f} s" for k, v in manifest.timings.items()))
-    out.print(f"    next: devserver image test {result.folder}")
-
-
-def _load(artifact: Path, json_out: bool) -> tuple[Manifest, Resolved]:
-    """The artifact's manifest and the spec it was built from (resolved), or a clear error, exit 2."""
-    from devserver.cli.render import spec_error
-    from devserver.errors import SpecError
-    from devserver.images.artifact import ArtifactError, load_manifest
-    from devserver.loader import load_spec
-    from devserver.plan import resolve
-
-    try:
-        manifest = load_manifest(artifact)
-    except ArtifactError as exc:
-        _fail(f"{exc.where}: {exc.message}", exc.fix, EXIT_USAGE, json_out)
-    if manifest.spec_file is None:
-        _fail(f"{artifact}: the manifest names no spec file", "rebuild the artifact", EXIT_USAGE, json_out)
-    try:
-        resolved = resolve(load_spec(artifact / manifest.spec_file), str(artifact / manifest.spec_file))
-    except SpecError as exc:
-        spec_error(exc, json_out)
-    return manifest, resolved
+        console.print("    " + ", ".join(f"{k} {v:.0f} s" for k, v in manifest.timings.items()))
+    console.print(f"    next: devserver image test {result.folder}")
 
 
 @image_app.command("boot")
@@ -301,27 +209,28 @@ def image_boot(
 
     A NoCloud seed injects the login key; the disk is not modified (copy-on-write snapshot).
     """
-    from devserver.cli.render import out
+    from devserver.cli.output import fail, out
+    from devserver.errors import DevserverError
+    from devserver.images import api
 
-    manifest, resolved = _load(artifact, False)
-    key_text = None
-    if public_key is not None:
-        try:
-            key_text = public_key.read_text().strip()
-        except OSError as exc:
-            _fail(f"--public-key {public_key}: {exc.strerror}", "pass your ~/.ssh/*.pub file", EXIT_USAGE)
-    with (
-        tempfile.TemporaryDirectory(prefix="devserver-boot-") as work,
-        _booted(artifact, manifest, resolved, firmware, Path(work), key_text, False) as vm,
-    ):
-        out.print(f"[green]✓[/] {manifest.name} is up ({vm.accel}, {firmware}); connect with:")
-        out.out("    " + " ".join(vm.ssh_argv()), highlight=False)
-        out.print("  Ctrl-C stops the VM (the disk is left unchanged).")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            out.print("stopping")
+    console = out()
+    try:
+        manifest, resolved = api.load_artifact(artifact)
+        key_text = api.read_public_key(public_key)
+        with (
+            tempfile.TemporaryDirectory(prefix="devserver-boot-") as work,
+            api.boot(artifact, manifest, resolved, firmware, Path(work), key_text) as vm,
+        ):
+            console.print(f"[green]✓[/] {manifest.name} is up ({vm.accel}, {firmware}); connect with:")
+            console.out("    " + " ".join(vm.ssh_argv()), highlight=False)
+            console.print("  Ctrl-C stops the VM (the disk is left unchanged).")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                console.print("stopping")
+    except DevserverError as exc:
+        fail(exc)
 
 
 @image_app.command("test")
@@ -338,60 +247,26 @@ def image_test(
     """
     from dataclasses import asdict
 
-    from devserver import update as update_module
     from devserver.cli.hosts import _render_status
-    from devserver.cli.render import out
-    from devserver.remote import RemoteError
-    from devserver.targets import Host
+    from devserver.cli.output import ExitCode, fail, out, write_json
+    from devserver.errors import DevserverError
+    from devserver.images import api
 
-    manifest, resolved = _load(artifact, json_out)
-    modes: list[FirmwareName] = ["uefi", "bios"] if firmware == "both" else [firmware]
     results = []
-    for mode in modes:
-        if mode not in manifest.firmware:
-            _fail(f"{artifact}: the image does not boot with {mode}", f"test with {manifest.firmware[0]}", 2, json_out)
-        started = time.monotonic()
-        with (
-            tempfile.TemporaryDirectory(prefix="devserver-test-") as work,
-            _booted(artifact, manifest, resolved, mode, Path(work), None, json_out) as vm,
-        ):
-            boot_s = round(time.monotonic() - started, 1)
-            host = Host(name=f"{manifest.name}-{mode}", address=vm.host, user=vm.user, port=vm.port,
-                        key_file=vm.private_key)  # fmt: skip
-            try:
-                facts, drift = update_module.status(host, resolved, vm.known_hosts)
-            except RemoteError as exc:
-                _fail(f"{mode}: {exc.message}", exc.fix, EXIT_FAILED, json_out)
-        results.append({"firmware": mode, "accel": vm.accel, "boot_to_ssh_s": boot_s, "facts": facts,
-                        "drift": [asdict(d) for d in drift]})  # fmt: skip
-        if not json_out:
-            out.print(f"[bold]{mode}[/]: SSH after {boot_s} s ({vm.accel})")
-            _render_status(host, facts, drift)
+    try:
+        for check in api.check_boots(artifact, firmware):
+            results.append({"firmware": check.firmware, "accel": check.accel, "boot_to_ssh_s": check.boot_to_ssh_s,
+                            "facts": check.facts, "drift": [asdict(d) for d in check.drift]})  # fmt: skip
+            if not json_out:
+                out().print(f"[bold]{check.firmware}[/]: SSH after {check.boot_to_ssh_s} s ({check.accel})")
+                _render_status(check.host, check.facts, check.drift)
+    except DevserverError as exc:
+        fail(exc, json_out)
     ok = all(not r["drift"] for r in results)
     if json_out:
-        sys.stdout.write(json.dumps({"ok": ok, "artifact": str(artifact), "boots": results}, indent=2) + "\n")
+        write_json({"ok": ok, "artifact": str(artifact), "boots": results})
     if not ok:
-        raise typer.Exit(EXIT_FAILED)
-
-
-def _booted(
-    artifact: Path, manifest: Manifest, resolved: Resolved, firmware: str, work: Path, key: str | None, json_out: bool
-) -> contextlib.AbstractContextManager[BootedVM]:
-    """qemu.boot on the artifact's bootable disk (a GCE tar is unpacked into `work` first)."""
-    from devserver.images import qemu
-    from devserver.images.artifact import ArtifactError, bootable_disk
-
-    try:
-        disk = bootable_disk(artifact, manifest, work)
-    except ArtifactError as exc:
-        _fail(f"{exc.where}: {exc.message}", exc.fix, EXIT_USAGE, json_out)
-    cloud = resolved.spec.cloud
-    cpus = getattr(cloud, "cpus", 2)
-    memory_mb = 1024 * getattr(cloud, "memory_gb", 4)
-    return qemu.boot(
-        disk, firmware=firmware, workdir=work, user=resolved.spec.ssh.admin_user, public_key=key, cpus=cpus,
-        memory_mb=memory_mb,
-    )  # fmt: skip
+        raise typer.Exit(ExitCode.FAILED)
 
 
 # `image upload`: its options and logic live with the uploaders (devserver.cli.upload, cloud SDKs imported lazily).

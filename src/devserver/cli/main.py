@@ -27,8 +27,6 @@ OptionalSpecFile = Annotated[
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
-EXIT_SPEC = 2
-
 
 @app.command()
 def validate(spec: SpecFile, json_out: JsonFlag = False) -> None:

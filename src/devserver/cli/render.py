@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import NoReturn
 
-import typer
-from rich.console import Console
 from rich.table import Table
 
 from devserver import catalog as catalog_module
-from devserver.errors import Problem, SpecError
+from devserver.cli.output import fail, out, warning, write_json
+from devserver.errors import InputError, SpecError
 from devserver.loader import BUILTIN_LOCAL, load_builtin_local, load_spec
 from devserver.plan import Resolved, planned_resources, resolve, software_summary
-
-EXIT_SPEC = 2
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 
 def resolve_or_exit(path: Path | None, json_out: bool) -> Resolved:
@@ -30,25 +21,7 @@ def resolve_or_exit(path: Path | None, json_out: bool) -> Resolved:
         spec = load_builtin_local() if path is None else load_spec(path)
         return resolve(spec, source)
     except SpecError as exc:
-        spec_error(exc, json_out)
-
-
-def spec_error(exc: SpecError, json_out: bool) -> NoReturn:
-    if json_out:
-        payload = {"source": exc.source, "ok": False, "problems": [p.as_dict() for p in exc.problems]}
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
-    else:
-        count = len(exc.problems)
-        err.print(f"[bold red]error[/]: {exc.source}: {count} problem{'s' if count != 1 else ''}")
-        for problem in exc.problems:
-            _problem_line(problem)
-    raise typer.Exit(EXIT_SPEC)
-
-
-def _problem_line(problem: Problem) -> None:
-    colour = "red" if problem.severity == "error" else "yellow"
-    err.print(f"  [{colour}]✗[/] ", end="")
-    err.out(problem.render(), highlight=False)
+        fail(exc, json_out)
 
 
 def _source(resolved: Resolved) -> dict[str, object]:
@@ -76,12 +49,12 @@ def _source(resolved: Resolved) -> dict[str, object]:
 def validated(resolved: Resolved, json_out: bool) -> None:
     if json_out:
         payload = {"ok": True, "resolved": _source(resolved), "warnings": [w.as_dict() for w in resolved.warnings]}
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        write_json(payload)
         return
-    for warning in resolved.warnings:
-        _problem_line(warning)
+    for problem in resolved.warnings:
+        warning(problem)
     machine = resolved.machine.type if resolved.machine else "local qemu VM"
-    out.print(
+    out().print(
         f"[green]✓[/] {resolved.spec.name}: valid — {resolved.spec.cloud.provider} {resolved.region}, "
         f"{machine}, {resolved.gpu_summary}, driver {resolved.driver_branch} ({resolved.driver_flavour}), "
         f"CUDA {resolved.cuda or 'none'}"
@@ -99,25 +72,25 @@ def plan(resolved: Resolved, json_out: bool) -> None:
             "software": software,
             "warnings": [w.as_dict() for w in resolved.warnings],
         }
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        write_json(payload)
         return
     spec = resolved.spec
-    out.print(f"[bold]{spec.name}[/] on [bold]{spec.cloud.provider}[/] ({resolved.region})")
+    out().print(f"[bold]{spec.name}[/] on [bold]{spec.cloud.provider}[/] ({resolved.region})")
     table = Table(title="Would create", title_justify="left", show_lines=False)
     table.add_column("resource", style="cyan", no_wrap=True)
     table.add_column("name", no_wrap=True)
     table.add_column("details")
     for resource in resources:
         table.add_row(resource.kind, resource.name, "\n".join(f"{k}: {v}" for k, v in resource.details.items()))
-    out.print(table)
+    out().print(table)
     soft = Table(title="Would install", title_justify="left")
     soft.add_column("component", style="cyan")
     soft.add_column("resolved")
     for key, value in software.items():
         soft.add_row(key, value)
-    out.print(soft)
-    for warning in resolved.warnings:
-        _problem_line(warning)
+    out().print(soft)
+    for problem in resolved.warnings:
+        warning(problem)
 
 
 def catalog(cloud: str | None, json_out: bool) -> None:
@@ -125,11 +98,10 @@ def catalog(cloud: str | None, json_out: bool) -> None:
     clouds = [cloud] if cloud else list(data.clouds)
     unknown = [c for c in clouds if c not in data.clouds]
     if unknown:
-        err.print(
-            f"[bold red]error[/]: --cloud {unknown[0]!r} is not in the catalog — fix: use one of "
-            f"{', '.join(data.clouds)}"
+        fail(
+            InputError(f"--cloud {unknown[0]!r}", "is not in the catalog", f"use one of {', '.join(data.clouds)}"),
+            json_out,
         )
-        raise typer.Exit(EXIT_SPEC)
     rows = []
     for name in clouds:
         entry = data.clouds[name]
@@ -157,7 +129,7 @@ def catalog(cloud: str | None, json_out: bool) -> None:
                 }
             )
     if json_out:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        write_json(rows)
         return
     table = Table(title="GPU machine types", title_justify="left")
     for column in ("cloud", "machine type", "gpu", "count", "architecture", "min driver", "notes"):
@@ -174,4 +146,4 @@ def catalog(cloud: str | None, json_out: bool) -> None:
             str(gpu_facts.min_branch),
             notes,
         )
-    out.print(table)
+    out().print(table)

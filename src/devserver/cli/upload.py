@@ -1,27 +1,23 @@
 """`devserver image upload ARTIFACT --target …`: parse, call devserver.clouds.common.publish, render.
 
-Exit codes: 0 uploaded and registered (or already registered), 2 a user mistake (options, a corrupt or wrong-format
-artifact), 1 the cloud refused or failed (credentials, permissions, quota, a missing bucket/container/project).
+Exit codes (:class:`~devserver.cli.output.ExitCode`): 0 uploaded and registered (or already registered), 2 a user
+mistake (options, a corrupt or wrong-format artifact), 1 the cloud refused or failed (credentials, permissions,
+quota, a missing bucket/container/project), 130 interrupted (the same command resumes).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import sys
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 if TYPE_CHECKING:
     from devserver.clouds.common import ProgressEvent, Uploader, UploadOptions, UploadResult
-
-EXIT_INPUT = 2
-EXIT_CLOUD = 1
 
 
 class UploadTarget(StrEnum):
@@ -100,40 +96,35 @@ def upload(
 
 def run_upload(artifact: Path, target: str, options: UploadOptions, json_out: bool) -> UploadResult:
     """Build the target's uploader and publish; errors become one line and the exit code."""
+    from devserver.cli.output import fail, interrupted
     from devserver.clouds import SDK_MODULES, UPLOADERS
-    from devserver.clouds.common import CloudError, OptionError, open_artifact, publish
-    from devserver.images.artifact import ArtifactError
+    from devserver.clouds.common import CloudError, open_artifact, publish
+    from devserver.errors import DevserverError
 
     missing = [m for m in SDK_MODULES[target] if importlib.util.find_spec(m.split(".")[0]) is None]
-    if missing:
-        fail(
-            EXIT_CLOUD, f"--target {target} needs {', '.join(missing)}", f"pip install 'devserver[{target}]'", json_out
-        )
     try:
+        if missing:
+            raise CloudError(f"--target {target} needs {', '.join(missing)}", f"pip install 'devserver[{target}]'")
         open_artifact(artifact, target)  # the artifact's own problems first: they are the same on every cloud
         uploader = UPLOADERS[target](options)
         if json_out:
             return publish(uploader, artifact)
         return _with_progress(uploader, artifact)
-    except (ArtifactError, OptionError) as exc:
-        fail(EXIT_INPUT, str(exc), "", json_out)
-    except CloudError as exc:
-        fail(EXIT_CLOUD, exc.message, exc.fix, json_out)
+    except DevserverError as exc:
+        fail(exc, json_out)
     except KeyboardInterrupt:
-        fail(EXIT_CLOUD, "interrupted", "run the same command again to resume", json_out)
+        interrupted("upload interrupted", "run the same command again to resume", json_out)
 
 
 def _with_progress(uploader: Uploader, artifact: Path) -> UploadResult:
     """publish() with a Rich progress bar (bytes, rate, time left) on stderr."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
+    from devserver.cli.output import err
     from devserver.clouds.common import publish
 
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    from rich.console import Console
-
-    err = Console(stderr=True, highlight=False)
-    with Progress("[progress.description]{task.description}", *columns, console=err, transient=True) as bar:
+    with Progress("[progress.description]{task.description}", *columns, console=err(), transient=True) as bar:
         task = bar.add_task("uploading", total=None)
 
         def report(event: ProgressEvent) -> None:
@@ -142,31 +133,20 @@ def _with_progress(uploader: Uploader, artifact: Path) -> UploadResult:
         return publish(uploader, artifact, report)
 
 
-def fail(code: int, message: str, fix: str, json_out: bool) -> NoReturn:
-    line = f"{message} — fix: {fix}" if fix else message
-    if json_out:
-        sys.stdout.write(json.dumps({"ok": False, "error": line}, indent=2) + "\n")
-    else:
-        from rich.console import Console
-
-        err = Console(stderr=True, highlight=False)
-        err.print("[bold red]error[/]: ", end="")
-        err.out(line, highlight=False)
-    raise typer.Exit(code)
-
-
 def render(result: UploadResult, json_out: bool) -> None:
-    if json_out:
-        sys.stdout.write(json.dumps({"ok": True, **asdict(result)}, indent=2) + "\n")
-        return
-    from rich.console import Console
+    from devserver.cli.output import out, write_json
 
-    out = Console(highlight=False)
+    if json_out:
+        write_json({"ok": True, **asdict(result)})
+        return
+    console = out()
     if result.status == "already-registered":
-        out.print(f"✓ {result.target}: {result.image.name} already registered ({result.image.id}); nothing uploaded")
+        console.print(
+            f"✓ {result.target}: {result.image.name} already registered ({result.image.id}); nothing uploaded"
+        )
         return
     resumed = ", resumed" if result.resumed else ""
-    out.print(
+    console.print(
         f"✓ {result.target}: registered {result.image.name} ({result.image.id}) from {result.location}; "
         f"sent {result.bytes_sent / 2**20:.1f} MiB of {result.virtual_size / 2**20:.0f} MiB{resumed} "
         f"in {result.seconds:.1f} s"

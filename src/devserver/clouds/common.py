@@ -22,6 +22,7 @@ from typing import ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from devserver.errors import DevserverError, InputError
 from devserver.images.artifact import TARGET_FORMATS, ArtifactError, DiskFile, Manifest, load_manifest
 
 STATE_DIR = ".upload-state"
@@ -31,23 +32,15 @@ HASH_KEY = "devserver-inputs-hash"
 GCE_HASH_CHARS = 63
 
 
-class CloudError(Exception):
+class CloudError(DevserverError):
     """The cloud refused or failed something: one line with what and the fix (exit 1)."""
 
     def __init__(self, message: str, fix: str) -> None:
-        super().__init__(f"{message} — fix: {fix}")
-        self.message = message
-        self.fix = fix
+        super().__init__("", message, fix)
 
 
-class OptionError(Exception):
-    """A command-line option the target needs is missing or malformed (exit 2)."""
-
-    def __init__(self, option: str, message: str, fix: str) -> None:
-        super().__init__(f"{option}: {message} — fix: {fix}")
-        self.option = option
-        self.message = message
-        self.fix = fix
+class OptionError(InputError):
+    """A command-line option the target needs is missing or malformed (its `where`; exit 2)."""
 
 
 @dataclass(frozen=True)

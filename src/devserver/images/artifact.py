@@ -20,6 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from devserver.errors import DevserverError
+
 Target = Literal["gce", "azure", "aws", "openstack", "local"]
 DiskFormat = Literal["raw", "qcow2", "vhd-fixed", "vmdk-stream", "gce-tar"]
 Firmware = Literal["bios", "uefi"]
@@ -41,14 +43,10 @@ TARGET_FORMATS: dict[str, tuple[tuple[DiskFormat, str], ...]] = {
 }
 
 
-class ArtifactError(Exception):
+class ArtifactError(DevserverError):
     """An artifact that cannot be used, with what is wrong and the fix (rendered as one error line, exit 2)."""
 
-    def __init__(self, where: str, message: str, fix: str) -> None:
-        super().__init__(f"{where}: {message} — fix: {fix}")
-        self.where = where
-        self.message = message
-        self.fix = fix
+    bad_input = True
 
 
 class _Model(BaseModel):

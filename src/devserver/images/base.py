@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from devserver.errors import DevserverError
+
 if TYPE_CHECKING:
     from devserver.spec import DevserverSpec
 
@@ -42,14 +44,8 @@ RECIPE_VERSION = "1"
 ROOT_LABEL = "rootfs"
 
 
-class ImageBuildError(Exception):
+class ImageBuildError(DevserverError):
     """An image build step that failed, with what went wrong and what to do (rendered as one line by the CLI)."""
-
-    def __init__(self, where: str, message: str, fix: str) -> None:
-        super().__init__(f"{where}: {message} — fix: {fix}")
-        self.where = where
-        self.message = message
-        self.fix = fix
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from pathlib import Path
 import yaml
 
 from devserver import ansible_vars
+from devserver.errors import DevserverError
 from devserver.images import artifact
 from devserver.images.artifact import Builder, DiskFile, Manifest, Target
 from devserver.plan import Resolved
@@ -70,14 +71,13 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class BuildError(Exception):
-    """A build that failed: the phase, what went wrong, and where to look."""
+class BuildError(DevserverError):
+    """A build that failed: the phase (its `where`), what went wrong, and where to look."""
 
     def __init__(self, phase: str, message: str, log: Path | None = None) -> None:
-        super().__init__(f"{phase}: {message}" + (f" (log: {log})" if log else ""))
+        fix = "see the log" if log else "fix the cause above and run the same command again"
+        super().__init__(phase, message, fix, log=log)
         self.phase = phase
-        self.message = message
-        self.log = log
 
 
 def _tree_hash(root: Path, parts: tuple[str, ...]) -> str:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from devserver.errors import DevserverError
 from devserver.runner import RunSummary, TaskEvent
 
 PLAYBOOKS = ("devserver.yml", "image.yml")
@@ -57,8 +58,11 @@ _active: set[Path] = set()
 _active_lock = threading.Lock()
 
 
-class ChrootError(Exception):
+class ChrootError(DevserverError):
     """The root filesystem cannot be prepared (not a rootfs, not root, a mount failed), with the reason."""
+
+    def __init__(self, message: str, fix: str = "run as root on a local filesystem") -> None:
+        super().__init__("chroot", message, fix)
 
 
 @contextlib.contextmanager
@@ -89,7 +93,7 @@ def prepared(rootfs: Path) -> Iterator[Path]:
                 try:
                     step()
                 except ChrootError as exc:
-                    errors.append(str(exc))
+                    errors.append(exc.message)
             with _active_lock:
                 _active.discard(root)
         if errors:

@@ -39,6 +39,7 @@ import yaml
 
 from devserver import ansible_vars
 from devserver import catalog as catalog_module
+from devserver.errors import DevserverError
 from devserver.images.artifact import Target
 from devserver.plan import Resolved
 from devserver.runner import ansible_root
@@ -87,15 +88,11 @@ _OPENSTACK_USERS = {"debian-12": "debian", "ubuntu-22.04": "ubuntu", "ubuntu-24.
 OnLine = Callable[[str], None]
 
 
-class PackerError(Exception):
+class PackerError(DevserverError):
     """Packer missing, refusing the templates or failing a build: what went wrong and the fix (one error line)."""
 
     def __init__(self, where: str, message: str, fix: str, log: Path | None = None) -> None:
-        super().__init__(f"{where}: {message} — fix: {fix}" + (f" (log: {log})" if log else ""))
-        self.where = where
-        self.message = message
-        self.fix = fix
-        self.log = log
+        super().__init__(where, message, fix, log=log)
 
 
 @dataclass(frozen=True)

@@ -210,14 +210,6 @@ def exec_kubeconfig(
     return json.dumps(config, indent=2)
 
 
-def spec_error_text(exc: SpecError) -> str:
-    """A spec error as `devserver plan` prints it (without colour): the source, then one line per problem."""
-    count = len(exc.problems)
-    lines = [f"{exc.source}: {count} problem{'s' if count != 1 else ''}"]
-    lines += [f"  ✗ {problem.render()}" for problem in exc.problems]
-    return "\n".join(lines)
-
-
 def resolve_for_stack(spec_path: Path, provider: str) -> Resolved:
     """Load and resolve the spec for the `provider` stack, before any resource is registered.
 
@@ -229,7 +221,8 @@ def resolve_for_stack(spec_path: Path, provider: str) -> Resolved:
     try:
         resolved = resolve(load_spec(spec_path), source)
     except SpecError as exc:
-        raise pulumi.RunError(spec_error_text(exc)) from None
+        # str(SpecError) is the problem list `devserver plan` prints (errors.problems_text).
+        raise pulumi.RunError(str(exc)) from None
     actual = resolved.spec.cloud.provider
     if actual != provider:
         raise pulumi.RunError(
