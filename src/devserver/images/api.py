@@ -112,8 +112,6 @@ def plan_build(resolved: Resolved, options: BuildOptions) -> PlannedBuild:
     none to reuse, require root (the build mounts inside the image tree)."""
     from devserver.images import build
 
-    if options.builder == "cloud":
-        raise InputError("--builder cloud", "builds in the cloud, not locally", "call build_in_cloud")
     key = build.inputs_hash(resolved, options.target, options.builder)
     found = None if options.force else build.existing(build.artifact_folder(resolved, options, key), key)
     if found is None:
