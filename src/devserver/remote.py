@@ -8,7 +8,7 @@ host key changed, sudo refused, unsupported OS) — never a raw paramiko/socket 
 from __future__ import annotations
 
 import io
-import json
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,58 +128,22 @@ def run_command(host: Host, command: str, *, known_hosts: Path | None = None) ->
         return int(result.exited)
 
 
-# The probe behind `devserver status`: read-only, one round trip, JSON out. python3 is on every supported OS
-# (Ansible needs it too).
-_PROBE = r"""
-import json, os, shutil, subprocess
-def sh(cmd):
-    try:
-        r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=60)
-        return r.returncode, r.stdout.strip()
-    except Exception as exc:
-        return 255, str(exc)
-def pkg(name):
-    rc, out = sh("dpkg-query -W -f='${Status}|${Version}' " + name + " 2>/dev/null")
-    # "hold ok installed" too: the roles hold the driver and toolkit packages
-    return out.split("|", 1)[1] if rc == 0 and out.split("|")[0].endswith(" ok installed") else None
-def pkgs(pattern):
-    rc, out = sh("dpkg-query -W -f='${Package}|${Status}|${Version}\n' '" + pattern + "' 2>/dev/null")
-    return {l.split("|")[0]: l.split("|")[2] for l in out.splitlines() if l.split("|")[1].endswith(" ok installed")}
-os_release = dict(l.split("=", 1) for l in open("/etc/os-release").read().splitlines() if "=" in l)
-facts = {
-    "os": {k: os_release.get(k, "").strip('"') for k in ("ID", "VERSION_ID", "PRETTY_NAME")},
-    "kernel": os.uname().release,
-    "kernels_installed": sorted(p.removeprefix("linux-image-") for p in pkgs("linux-image-[0-9]*")),
-    # only the packages that carry the driver version (not nvidia-kernel-common, CUDA's nvidia-* libraries...)
-    "driver_packages": pkgs("nvidia-driver") | pkgs("nvidia-driver-[0-9]*") | pkgs("nvidia-kernel-dkms")
-    | pkgs("nvidia-open-kernel-dkms") | pkgs("nvidia-dkms-[0-9]*") | pkgs("cuda-drivers-[0-9]*"),
-    "cuda_packages": pkgs("nvidia-cuda-toolkit") | pkgs("cuda-toolkit-*"),
-    "toolkit": pkg("nvidia-container-toolkit"),
-    "docker": pkg("docker.io") or pkg("docker-ce"),
-    "containerd": pkg("containerd") or pkg("containerd.io"),
-    "dkms": sh("dkms status 2>/dev/null")[1],
-    "nouveau_blacklisted": sh("grep -rqs '^blacklist nouveau' /etc/modprobe.d /usr/lib/modprobe.d")[0] == 0,
-    "persistenced": sh("systemctl is-enabled nvidia-persistenced 2>/dev/null")[1] or None,
-    "docker_runtimes": sh("docker info --format '{{json .Runtimes}}' 2>/dev/null")[1],
-    "containerd_nvidia": sh("containerd config dump 2>/dev/null | grep -c 'runtimes.nvidia'")[1],
-    "nvcc": sh("PATH=$PATH:/usr/local/cuda/bin nvcc --version 2>/dev/null | tail -n 2")[1] or None,
-    "nvidia_smi": sh("nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1")
-    if shutil.which("nvidia-smi") else None,
-    "reboot_required": os.path.exists("/run/reboot-required") or os.path.exists("/var/run/devserver/reboot-required"),
-}
-print(json.dumps(facts))
-"""
+def probe(host: Host, *, known_hosts: Path | None = None, args: str = "{}") -> dict[str, Any]:
+    """The host-state probe (:mod:`devserver.hoststate.probe`) run as root in one SSH round trip: its raw JSON, for
+    :func:`devserver.hoststate.observed.parse`. `args`: :func:`devserver.hoststate.probe.script_args`."""
+    from devserver.hoststate.probe import SCRIPT, ProbeError, decode
 
-
-def probe(host: Host, *, known_hosts: Path | None = None) -> dict[str, Any]:
-    """Read-only facts for `devserver status` (OS, kernel, driver/CUDA/toolkit packages, DKMS, runtimes, GPUs)."""
     with connect(host, known_hosts=known_hosts) as connection:
-        result = connection.run("sudo -n python3 -", hide=True, warn=True, in_stream=io.StringIO(_PROBE))
+        result = connection.run(
+            f"sudo -n python3 - {shlex.quote(args)}", hide=True, warn=True, in_stream=io.StringIO(SCRIPT)
+        )
     if result.exited != 0:
         raise RemoteError(
             host,
             f"the status probe failed: {result.stderr.strip()[-300:]}",
             "check that python3 and sudo work on the host",
         )
-    facts: dict[str, Any] = json.loads(result.stdout)
-    return facts
+    try:
+        return decode(result.stdout)
+    except ProbeError as exc:
+        raise RemoteError(host, str(exc), "check that python3 works on the host") from None

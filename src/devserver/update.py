@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from devserver.errors import DevserverError, Problem, SpecError
+from devserver.hoststate import diff
+from devserver.hoststate.diff import Drift as Drift  # re-exported: the CLI renders it
+from devserver.hoststate.expected import expected
+from devserver.hoststate.observed import Observed, parse
 from devserver.plan import Resolved
 from devserver.remote import Preflight, RemoteError, preflight, probe
 from devserver.runner import RunSummary, TaskEvent, ansible_root, run_playbook
@@ -131,58 +134,12 @@ def update(
     )
 
 
-@dataclass(frozen=True)
-class Drift:
-    item: str
-    want: str
-    have: str
-
-
-def status(host: Host, resolved: Resolved, known_hosts: Path | None) -> tuple[dict[str, Any], list[Drift]]:
-    """Facts read from the host, and every difference from what the spec resolves to."""
-    facts = probe(host, known_hosts=known_hosts)
-    return facts, drift(facts, resolved)
+def status(host: Host, resolved: Resolved, known_hosts: Path | None) -> tuple[Observed, list[Drift]]:
+    """What the host is, and every difference from what the spec resolves to (one probe round trip)."""
+    observed = parse(probe(host, known_hosts=known_hosts))
+    return observed, diff.drift(expected(resolved), observed)
 
 
 def drift(facts: dict[str, Any], resolved: Resolved) -> list[Drift]:
-    """Compare probed facts with the resolved spec (pure: tested without a host)."""
-    spec = resolved.spec
-    out: list[Drift] = []
-    os_name = f"{facts['os']['ID']}-{facts['os']['VERSION_ID']}"
-    if os_name != spec.os:
-        out.append(Drift("os", spec.os, os_name))
-    driver_versions = sorted(set(facts.get("driver_packages", {}).values()))
-    branch = str(resolved.driver_branch)
-    if not driver_versions:
-        out.append(Drift("nvidia driver", f"branch {branch}", "not installed"))
-    elif not all(v.split(":")[-1].startswith(branch + ".") for v in driver_versions):
-        out.append(Drift("nvidia driver", f"branch {branch}", ", ".join(driver_versions)))
-    if driver_versions:
-        dkms = str(facts.get("dkms", ""))
-        for kernel in facts.get("kernels_installed", []):
-            if not any(kernel in line and "installed" in line for line in dkms.splitlines()):
-                out.append(Drift(f"dkms module for {kernel}", "installed", "missing"))
-        if not facts.get("nouveau_blacklisted"):
-            out.append(Drift("nouveau", "blacklisted", "not blacklisted"))
-        if facts.get("persistenced") != "enabled":
-            out.append(Drift("nvidia-persistenced", "enabled", str(facts.get("persistenced"))))
-    if resolved.cuda is not None:
-        nvcc = str(facts.get("nvcc") or "")
-        if f"release {resolved.cuda}" not in nvcc:
-            out.append(Drift("cuda", resolved.cuda, nvcc.splitlines()[-1] if nvcc else "not installed"))
-    runtime = spec.software.container_runtime
-    if runtime != "none":
-        toolkit = str(facts.get("toolkit") or "")
-        if not toolkit.startswith(spec.software.container_toolkit):
-            out.append(Drift("nvidia-container-toolkit", spec.software.container_toolkit, toolkit or "not installed"))
-    if runtime in ("docker", "both"):
-        if not facts.get("docker"):
-            out.append(Drift("docker", "installed", "not installed"))
-        elif "nvidia" not in str(facts.get("docker_runtimes", "")):
-            out.append(Drift("docker runtime nvidia", "registered", "missing"))
-    if runtime in ("containerd", "both"):
-        if not facts.get("containerd"):
-            out.append(Drift("containerd", "installed", "not installed"))
-        elif str(facts.get("containerd_nvidia", "0")).strip() in ("", "0"):
-            out.append(Drift("containerd runtime nvidia", "registered", "missing"))
-    return out
+    """Compare the probe's raw JSON with the resolved spec (pure: tested without a host)."""
+    return diff.drift(expected(resolved), parse(facts))

@@ -12,6 +12,7 @@ from rich.table import Table
 from devserver.cli.output import ExitCode, err, fail, out, write_json
 from devserver.cli.render import resolve_or_exit
 from devserver.errors import InputError, Problem, SpecError
+from devserver.hoststate.observed import status_facts
 from devserver.plan import Resolved
 from devserver.remote import RemoteError
 from devserver.runner import RunSummary, TaskEvent
@@ -141,11 +142,11 @@ def run_status(target: str, spec: Path | None, key: Path | None, known_hosts: Pa
     problems = []
     for host in hosts:
         try:
-            facts, drift = update_module.status(host, resolved, known_hosts)
+            observed, drift = update_module.status(host, resolved, known_hosts)
         except RemoteError as exc:
             problems.append(Problem(host.name, exc.message, exc.fix))
             continue
-        report.append((host, facts, drift))
+        report.append((host, status_facts(observed), drift))
     if problems:
         fail(HostsError(problems), json_out)
     if json_out:
@@ -164,24 +165,7 @@ def _render_status(host: Host, facts: dict[str, object], drift: list[Drift]) -> 
     table = Table(title=f"{host.name}", title_justify="left", show_header=False)
     table.add_column("item", style="cyan")
     table.add_column("value")
-    os_facts = facts.get("os")
-    table.add_row("os", str(os_facts.get("PRETTY_NAME") if isinstance(os_facts, dict) else os_facts))
-    for key in (
-        "kernel",
-        "kernels_installed",
-        "driver_packages",
-        "dkms",
-        "nouveau_blacklisted",
-        "persistenced",
-        "nvcc",
-        "toolkit",
-        "docker",
-        "containerd",
-        "docker_runtimes",
-        "nvidia_smi",
-        "reboot_required",
-    ):
-        value = facts.get(key)
+    for key, value in facts.items():
         table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
     out().print(table)
     if drift:

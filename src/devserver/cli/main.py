@@ -188,10 +188,12 @@ def exec_(
     hosts.run_shell(target, command, key, _known_hosts(known_hosts), spec)
 
 
-# `devserver image …` (its module imports only Typer at start-up, like this one)
+# `devserver image …` and `devserver doctor` (their modules import only Typer at start-up, like this one)
+from devserver.cli.doctor import doctor  # noqa: E402
 from devserver.cli.image import image_app  # noqa: E402
 
 app.add_typer(image_app, name="image")
+app.command()(doctor)
 
 
 def run() -> None:

@@ -193,6 +193,7 @@ def check_boots(folder: Path, firmware: Literal["uefi", "bios", "both"]) -> Iter
     import tempfile
 
     from devserver import update
+    from devserver.hoststate.observed import status_facts
     from devserver.remote import RemoteError
     from devserver.targets import Host
 
@@ -210,7 +211,7 @@ def check_boots(folder: Path, firmware: Literal["uefi", "bios", "both"]) -> Iter
             host = Host(name=f"{manifest.name}-{mode}", address=vm.host, user=vm.user, port=vm.port,
                         key_file=vm.private_key)  # fmt: skip
             try:
-                facts, drift = update.status(host, resolved, vm.known_hosts)
+                observed, drift = update.status(host, resolved, vm.known_hosts)
             except RemoteError as exc:
                 raise DevserverError(mode, exc.message, exc.fix) from exc
-        yield BootCheck(mode, vm.accel, boot_s, host, facts, drift)
+        yield BootCheck(mode, vm.accel, boot_s, host, status_facts(observed), drift)

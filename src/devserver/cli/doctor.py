@@ -1,0 +1,149 @@
+"""`devserver doctor [HOST]`: is the GPU usable, and if not, why and what to do.
+
+Start-up stays cheap (this module imports only Typer, like main.py); the probe, the parsers and SSH are imported
+when the command runs. Exit codes: 0 healthy, 1 findings (or a host that could not be probed), 2 bad input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+EXIT_FINDINGS = 1
+EXIT_BAD_INPUT = 2
+
+
+def doctor(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="user@host[:port], an Ansible inventory file, or a stack folder; this machine when omitted (no SSH).",
+            show_default=False,
+        ),
+    ] = None,
+    spec: Annotated[
+        Path | None,
+        typer.Option("--spec", help="The spec, for the SSH user (default: ./devserver.yaml, else the built-in one)."),
+    ] = None,
+    key: Annotated[Path | None, typer.Option("--key", help="SSH private key file.", show_default=False)] = None,
+    known_hosts: Annotated[
+        Path | None,
+        typer.Option("--known-hosts", help="known_hosts file (default: ~/.ssh/known_hosts).", show_default=False),
+    ] = None,
+    container: Annotated[
+        str | None,
+        typer.Option(
+            "--container",
+            help="Also run nvidia-smi -L in a container of this image through Docker and containerd (pulls it).",
+            show_default=False,
+        ),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
+) -> None:
+    """Diagnose a GPU host: the GPU on the PCI bus, the driver the kernel loaded, NVML, persistence, fabric
+    manager, container runtimes, ECC and Xid errors, pending reboots.
+
+    Read-only (unless --container); one probe round trip. Each finding has an id, a severity, the evidence and the
+    fix. Exit 0 when healthy, 1 with findings.
+    """
+    from devserver.hoststate.probe import script_args
+
+    args = script_args(container, ("docker", "containerd"))
+    if target is None:
+        reports = [_local(args, json_out)]
+    else:
+        reports = _remote(target, spec, key, known_hosts, args, json_out)
+    _render(reports, json_out)
+    if not all(r["healthy"] for r in reports):
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+def _local(args: str, json_out: bool) -> dict[str, Any]:
+    import socket
+
+    from devserver.hoststate.probe import ProbeError, run_local
+
+    try:
+        raw = run_local(args)
+    except ProbeError as exc:
+        _probe_failed(socket.gethostname(), str(exc), "run it with a working python3", json_out)
+    return _report(socket.gethostname(), raw)
+
+
+def _remote(
+    target: str, spec: Path | None, key: Path | None, known_hosts: Path | None, args: str, json_out: bool
+) -> list[dict[str, Any]]:
+    from devserver.cli.hosts import default_spec, hosts_or_exit
+    from devserver.cli.render import resolve_or_exit
+    from devserver.remote import RemoteError, probe
+
+    resolved = resolve_or_exit(default_spec(spec), json_out)
+    hosts = hosts_or_exit(target, resolved, key, json_out)
+    known = known_hosts if known_hosts is not None else Path.home() / ".ssh" / "known_hosts"
+    reports = []
+    for host in hosts:
+        try:
+            reports.append(_report(host.name, probe(host, known_hosts=known, args=args)))
+        except RemoteError as exc:
+            _probe_failed(host.name, exc.message, exc.fix, json_out)
+    return reports
+
+
+def _report(name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from devserver.hoststate.findings import diagnose, summary
+    from devserver.hoststate.observed import parse
+
+    observed = parse(raw)
+    diagnosis = diagnose(observed)
+    return {
+        "host": name,
+        "healthy": diagnosis.healthy,
+        "summary": summary(observed),
+        "findings": [asdict(f) for f in diagnosis.findings],
+        "notes": list(diagnosis.notes),
+    }
+
+
+def _probe_failed(host: str, message: str, fix: str, json_out: bool) -> None:
+    import json
+    import sys
+
+    if json_out:
+        problem = {"host": host, "message": message, "fix": fix}
+        sys.stdout.write(json.dumps({"ok": False, "problems": [problem]}, indent=2) + "\n")
+    else:
+        sys.stderr.write(f"error: {host}: {message} — fix: {fix}\n")
+    raise typer.Exit(EXIT_FINDINGS)
+
+
+def _render(reports: list[dict[str, Any]], json_out: bool) -> None:
+    import json
+    import sys
+
+    from rich.console import Console
+
+    if json_out:
+        payload = {"ok": all(r["healthy"] for r in reports), "hosts": reports}
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    out = Console(highlight=False)
+    for report in reports:
+        out.print(f"[bold]devserver doctor[/] {report['host']}")
+        for item, value in report["summary"].items():
+            out.print(f"  [cyan]{item}[/]: {value}", markup=True)
+        for finding in report["findings"]:
+            colour = "red" if finding["severity"] == "error" else "yellow"
+            out.print(f"  [{colour}]✗ {finding['severity']}[/] {finding['id']}: {finding['title']}")
+            for line in finding["evidence"]:
+                out.out(f"      evidence: {line}", highlight=False)
+            out.out(f"      fix: {finding['fix']}", highlight=False)
+        for note in report["notes"]:
+            out.out(f"  note: {note}", highlight=False)
+        if report["healthy"]:
+            out.print("  [green]✓[/] healthy")
+        else:
+            out.print(f"  [red]✗[/] {len(report['findings'])} finding(s)")
