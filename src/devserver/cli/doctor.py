@@ -51,10 +51,7 @@ def doctor(
     from devserver.hoststate.probe import script_args
 
     args = script_args(container, ("docker", "containerd"))
-    if target is None:
-        reports = [_local(args, json_out)]
-    else:
-        reports = _remote(target, spec, key, known_hosts, args, json_out)
+    reports = [_local(args, json_out)] if target is None else _remote(target, spec, key, known_hosts, args, json_out)
     _render(reports, json_out)
     if not all(r["healthy"] for r in reports):
         raise typer.Exit(EXIT_FINDINGS)

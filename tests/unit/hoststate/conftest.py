@@ -25,16 +25,8 @@ from devserver.plan import Resolved, resolve
 REAL = Path(__file__).parent / "real" / "h200-ubuntu2404-driver580"
 DERIVED = Path(__file__).parent / "derived"
 
-H200_SPEC = b"""
-name: h200
-cloud: {provider: local}
-os: ubuntu-24.04
-ssh: {admin_user: devserver}
-software:
-  driver: {branch: 580, flavour: open, source: cuda-repo}
-  cuda: {install: true, version: "13.0"}
-  container_runtime: none
-"""
+# A spec that host matches: Ubuntu 24.04, branch 580 open modules, CUDA 13.0, no container runtime.
+H200_SPEC = (REAL / "spec.yaml").read_bytes()
 
 
 def sections(text: str) -> dict[str, str]:
@@ -177,7 +169,7 @@ def h200() -> dict[str, Any]:
 
 @pytest.fixture
 def h200_resolved() -> Resolved:
-    """A spec that host matches: Ubuntu 24.04, branch 580 open modules, CUDA 13.0, no container runtime."""
+    """real/h200-ubuntu2404-driver580/spec.yaml resolved."""
     return resolve(load_spec_bytes(H200_SPEC))
 
 
