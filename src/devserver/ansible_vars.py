@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from devserver import catalog as catalog_module
 from devserver import versions
+from devserver.hoststate.expected import expected
 from devserver.images.artifact import Target
 from devserver.plan import Resolved
 
@@ -93,13 +94,15 @@ def image_role_vars(resolved: Resolved, target: Target, *, build_users: Sequence
     """Variables of playbooks/image.yml for an image of `resolved` for `target`.
 
     `build_users`: accounts that exist only for the build (Packer's SSH user), removed by image_generalize and
-    checked absent by image_validate; the chroot builder has none. What image_validate expects (driver branch, CUDA,
-    container toolkit, engines) is what role_vars() makes the provisioning playbook install.
+    checked absent by image_validate; the chroot builder has none. What image_validate asserts (driver branch, CUDA,
+    container toolkit, engines) is the host-state model's expectation (:func:`devserver.hoststate.expected.expected`),
+    the one `devserver status` and `devserver update` compare hosts with.
     """
-    software = resolved.spec.software
-    engines = software.container_runtime
-    cuda = resolved.cuda or ""
-    nvcc = f"/usr/local/cuda-{cuda}/bin/nvcc" if software.driver.source == "cuda-repo" else "/usr/bin/nvcc"
+    want = expected(resolved)
+    cuda = want.cuda or ""
+    nvcc = (
+        f"/usr/local/cuda-{cuda}/bin/nvcc" if resolved.spec.software.driver.source == "cuda-repo" else "/usr/bin/nvcc"
+    )
     return {
         # cloud_guest
         "cloud_guest_target": target,
@@ -107,10 +110,10 @@ def image_role_vars(resolved: Resolved, target: Target, *, build_users: Sequence
         "image_generalize_build_users": list(build_users),
         # image_validate
         "image_validate_build_users": list(build_users),
-        "image_validate_driver_branch": resolved.driver_branch,
+        "image_validate_driver_branch": want.driver_branch,
         "image_validate_cuda_version": cuda,
         "image_validate_cuda_nvcc": nvcc,
-        "image_validate_container_toolkit_version": software.container_toolkit if engines != "none" else "",
-        "image_validate_docker": engines in ("docker", "both"),
-        "image_validate_containerd": engines in ("containerd", "both"),
+        "image_validate_container_toolkit_version": want.container_toolkit or "",
+        "image_validate_docker": want.docker,
+        "image_validate_containerd": want.containerd,
     }
