@@ -146,4 +146,4 @@ def probe(host: Host, *, known_hosts: Path | None = None, args: str = "{}") -> d
     try:
         return decode(result.stdout)
     except ProbeError as exc:
-        raise RemoteError(host, str(exc), "check that python3 works on the host") from None
+        raise RemoteError(host, exc.message, exc.fix) from None

@@ -13,6 +13,7 @@ from devserver.cli import output
 from devserver.cli.main import app
 from devserver.clouds.common import CloudError, OptionError
 from devserver.errors import DevserverError, InputError, Problem, SpecError, problems_text
+from devserver.hoststate.probe import ProbeError
 from devserver.images.api import NeedsRootError
 from devserver.images.artifact import ArtifactError
 from devserver.images.base import ImageBuildError
@@ -39,6 +40,7 @@ ONE_LINE_ERRORS: list[tuple[DevserverError, str, output.ExitCode]] = [
     (RemoteError(HOST, "cannot connect over SSH", "check the address"), "devserver@203.0.113.7:2222", 1),
     (InputError("--distro", "unknown distribution 'x'", "use debian-12"), "--distro", output.ExitCode.BAD_INPUT),
     (NeedsRootError("devserver image base"), "", output.ExitCode.FAILED),
+    (ProbeError("the probe printed no JSON: 'x'"), "host-state probe", output.ExitCode.FAILED),
 ]
 PROBLEM_ERRORS: list[tuple[DevserverError, str, output.ExitCode]] = [
     (SpecError("gce.yaml", [PROBLEM]), "gce.yaml", output.ExitCode.BAD_INPUT),

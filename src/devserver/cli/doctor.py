@@ -1,7 +1,8 @@
 """`devserver doctor [HOST]`: is the GPU usable, and if not, why and what to do.
 
 Start-up stays cheap (this module imports only Typer, like main.py); the probe, the parsers and SSH are imported
-when the command runs. Exit codes: 0 healthy, 1 findings (or a host that could not be probed), 2 bad input.
+when the command runs. Exit codes (:class:`~devserver.cli.output.ExitCode`): 0 healthy, 1 findings (or a host that
+could not be probed), 2 bad input.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-EXIT_FINDINGS = 1
-EXIT_BAD_INPUT = 2
 
 
 def doctor(
@@ -48,25 +46,26 @@ def doctor(
     Read-only (unless --container); one probe round trip. Each finding has an id, a severity, the evidence and the
     fix. Exit 0 when healthy, 1 with findings.
     """
+    from devserver.cli.output import ExitCode, fail
+    from devserver.errors import DevserverError
     from devserver.hoststate.probe import script_args
 
     args = script_args(container, ("docker", "containerd"))
-    reports = [_local(args, json_out)] if target is None else _remote(target, spec, key, known_hosts, args, json_out)
+    try:
+        reports = [_local(args)] if target is None else _remote(target, spec, key, known_hosts, args, json_out)
+    except DevserverError as exc:
+        fail(exc, json_out)
     _render(reports, json_out)
     if not all(r["healthy"] for r in reports):
-        raise typer.Exit(EXIT_FINDINGS)
+        raise typer.Exit(ExitCode.FAILED)
 
 
-def _local(args: str, json_out: bool) -> dict[str, Any]:
+def _local(args: str) -> dict[str, Any]:
     import socket
 
-    from devserver.hoststate.probe import ProbeError, run_local
+    from devserver.hoststate.probe import run_local
 
-    try:
-        raw = run_local(args)
-    except ProbeError as exc:
-        _probe_failed(socket.gethostname(), str(exc), "run it with a working python3", json_out)
-    return _report(socket.gethostname(), raw)
+    return _report(socket.gethostname(), run_local(args))
 
 
 def _remote(
@@ -74,18 +73,12 @@ def _remote(
 ) -> list[dict[str, Any]]:
     from devserver.cli.hosts import default_spec, hosts_or_exit
     from devserver.cli.render import resolve_or_exit
-    from devserver.remote import RemoteError, probe
+    from devserver.remote import probe
 
     resolved = resolve_or_exit(default_spec(spec), json_out)
     hosts = hosts_or_exit(target, resolved, key, json_out)
     known = known_hosts if known_hosts is not None else Path.home() / ".ssh" / "known_hosts"
-    reports = []
-    for host in hosts:
-        try:
-            reports.append(_report(host.name, probe(host, known_hosts=known, args=args)))
-        except RemoteError as exc:
-            _probe_failed(host.name, exc.message, exc.fix, json_out)
-    return reports
+    return [_report(host.name, probe(host, known_hosts=known, args=args)) for host in hosts]
 
 
 def _report(name: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -105,42 +98,28 @@ def _report(name: str, raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _probe_failed(host: str, message: str, fix: str, json_out: bool) -> None:
-    import json
-    import sys
-
-    if json_out:
-        problem = {"host": host, "message": message, "fix": fix}
-        sys.stdout.write(json.dumps({"ok": False, "problems": [problem]}, indent=2) + "\n")
-    else:
-        sys.stderr.write(f"error: {host}: {message} — fix: {fix}\n")
-    raise typer.Exit(EXIT_FINDINGS)
-
-
 def _render(reports: list[dict[str, Any]], json_out: bool) -> None:
-    import json
-    import sys
+    from rich.markup import escape
 
-    from rich.console import Console
+    from devserver.cli.output import out, write_json
 
     if json_out:
-        payload = {"ok": all(r["healthy"] for r in reports), "hosts": reports}
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        write_json({"ok": all(r["healthy"] for r in reports), "hosts": reports})
         return
-    out = Console(highlight=False)
+    console = out()
     for report in reports:
-        out.print(f"[bold]devserver doctor[/] {report['host']}")
+        console.print(f"[bold]devserver doctor[/] {report['host']}")
         for item, value in report["summary"].items():
-            out.print(f"  [cyan]{item}[/]: {value}", markup=True)
+            console.print(f"  [cyan]{item}[/]: {escape(str(value))}")
         for finding in report["findings"]:
             colour = "red" if finding["severity"] == "error" else "yellow"
-            out.print(f"  [{colour}]✗ {finding['severity']}[/] {finding['id']}: {finding['title']}")
+            console.print(f"  [{colour}]✗ {finding['severity']}[/] {finding['id']}: {escape(finding['title'])}")
             for line in finding["evidence"]:
-                out.out(f"      evidence: {line}", highlight=False)
-            out.out(f"      fix: {finding['fix']}", highlight=False)
+                console.out(f"      evidence: {line}", highlight=False)
+            console.out(f"      fix: {finding['fix']}", highlight=False)
         for note in report["notes"]:
-            out.out(f"  note: {note}", highlight=False)
+            console.out(f"  note: {note}", highlight=False)
         if report["healthy"]:
-            out.print("  [green]✓[/] healthy")
+            console.print("  [green]✓[/] healthy")
         else:
-            out.print(f"  [red]✗[/] {len(report['findings'])} finding(s)")
+            console.print(f"  [red]✗[/] {len(report['findings'])} finding(s)")

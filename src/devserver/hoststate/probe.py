@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from devserver.errors import DevserverError
+
 # Bump when a key changes meaning; observed.parse() refuses other versions rather than misreading them.
 PROBE_VERSION = 1
 
@@ -174,8 +176,11 @@ print(json.dumps(facts))
 """
 
 
-class ProbeError(Exception):
+class ProbeError(DevserverError):
     """The probe did not run or did not print its JSON; the message says what it printed instead."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("host-state probe", message, "check that the host's python3 runs (python3 -c 'print(1)')")
 
 
 def script_args(container_image: str | None = None, engines: Sequence[str] = ()) -> str:
