@@ -27,11 +27,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devserver.hosts import Host  # noqa: E402
 from devserver.loader import load_spec_bytes  # noqa: E402
 from devserver.plan import resolve  # noqa: E402
 from devserver.remote import preflight  # noqa: E402
 from devserver.runner import TaskEvent  # noqa: E402
-from devserver.targets import Host  # noqa: E402
 from devserver.update import update  # noqa: E402
 from tests.support import fixture_repo  # noqa: E402
 from tests.support import testhost as th  # noqa: E402

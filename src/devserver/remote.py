@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from devserver.errors import DevserverError
-from devserver.targets import Host
+from devserver.hosts import Host
 
 SUPPORTED_OS = {("debian", "12"): "debian-12", ("ubuntu", "22.04"): "ubuntu-22.04", ("ubuntu", "24.04"): "ubuntu-24.04"}
 

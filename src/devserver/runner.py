@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devserver.targets import Host
+from devserver.hosts import Host
 
 # The task the nvidia_driver role runs (a debug message) only when a new driver needs a reboot to load.
 REBOOT_TASK = "nvidia_driver : reboot required"

@@ -1,6 +1,6 @@
 """`devserver update` and `devserver status`: bring live hosts to the spec, and report how far they are from it.
 
-Orchestration only: targets come from :mod:`devserver.targets`, SSH from :mod:`devserver.remote`, the playbook run
+Orchestration only: hosts come from :mod:`devserver.hosts`, SSH from :mod:`devserver.remote`, the playbook run
 from :mod:`devserver.runner`, the role variables from :mod:`devserver.ansible_vars`.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from devserver.errors import DevserverError, Problem, SpecError
+from devserver.hosts import Host
 from devserver.hoststate import diff
 from devserver.hoststate.diff import Drift as Drift  # re-exported: the CLI renders it
 from devserver.hoststate.expected import expected
@@ -19,7 +20,6 @@ from devserver.hoststate.observed import Observed, parse
 from devserver.plan import Resolved
 from devserver.remote import Preflight, RemoteError, preflight, probe
 from devserver.runner import RunSummary, TaskEvent, ansible_root, run_playbook
-from devserver.targets import Host
 
 PHASES = ("install", "configure")
 

@@ -13,6 +13,7 @@ from devserver.cli import output
 from devserver.cli.main import app
 from devserver.clouds.common import CloudError, OptionError
 from devserver.errors import DevserverError, InputError, Problem, SpecError, problems_text
+from devserver.hosts import Host
 from devserver.hoststate.probe import ProbeError
 from devserver.images.api import NeedsRootError
 from devserver.images.artifact import ArtifactError
@@ -21,7 +22,6 @@ from devserver.images.build import BuildError
 from devserver.images.chroot import ChrootError
 from devserver.images.packer import PackerError
 from devserver.remote import RemoteError
-from devserver.targets import Host
 from devserver.update import HostsError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from devserver import runner
-from devserver.targets import Host
+from devserver.hosts import Host
 
 
 def test_inventory_hands_over_the_preflight_python() -> None:

@@ -12,11 +12,11 @@ from rich.table import Table
 from devserver.cli.output import ExitCode, err, fail, out, write_json
 from devserver.cli.render import resolve_or_exit
 from devserver.errors import InputError, Problem, SpecError
+from devserver.hosts import Host, parse_hosts
 from devserver.hoststate.observed import status_facts
 from devserver.plan import Resolved
 from devserver.remote import RemoteError
 from devserver.runner import RunSummary, TaskEvent
-from devserver.targets import Host, parse_targets
 from devserver.update import Drift, HostsError
 
 
@@ -28,17 +28,17 @@ def default_spec(spec: Path | None) -> Path | None:
     return local if local.is_file() else None
 
 
-def hosts_or_exit(target: str, resolved: Resolved, key: Path | None, json_out: bool) -> list[Host]:
+def hosts_or_exit(host_arg: str, resolved: Resolved, key: Path | None, json_out: bool) -> list[Host]:
     if key is not None and not key.is_file():
         fail(SpecError("--key", [Problem("--key", "is not a file", "pass your private key file", str(key))]), json_out)
     try:
-        return parse_targets(target, default_user=resolved.spec.ssh.admin_user, key_file=key)
+        return parse_hosts(host_arg, default_user=resolved.spec.ssh.admin_user, key_file=key)
     except SpecError as exc:
         fail(exc, json_out)
 
 
 def run_update(
-    target: str,
+    host_arg: str,
     spec: Path | None,
     *,
     check: bool,
@@ -53,7 +53,7 @@ def run_update(
     from devserver import update as update_module
 
     resolved = resolve_or_exit(default_spec(spec), json_out)
-    hosts = hosts_or_exit(target, resolved, key, json_out)
+    hosts = hosts_or_exit(host_arg, resolved, key, json_out)
     mode = " (check mode: nothing will change)" if check else ""
     if not json_out:
         out().print(f"[bold]devserver update[/] {resolved.spec.name} → {', '.join(h.name for h in hosts)}{mode}")
@@ -133,11 +133,11 @@ def render_summary(summary: RunSummary, check: bool, json_out: bool) -> None:
         out().print(f"[red]✗[/] failed: {len(summary.failures)} task(s) failed or hosts unreachable")
 
 
-def run_status(target: str, spec: Path | None, key: Path | None, known_hosts: Path | None, json_out: bool) -> None:
+def run_status(host_arg: str, spec: Path | None, key: Path | None, known_hosts: Path | None, json_out: bool) -> None:
     from devserver import update as update_module
 
     resolved = resolve_or_exit(default_spec(spec), json_out)
-    hosts = hosts_or_exit(target, resolved, key, json_out)
+    hosts = hosts_or_exit(host_arg, resolved, key, json_out)
     report = []
     problems = []
     for host in hosts:
@@ -175,13 +175,13 @@ def _render_status(host: Host, facts: dict[str, object], drift: list[Drift]) -> 
         out().print("  [green]✓[/] in sync with the spec")
 
 
-def run_shell(target: str, command: list[str], key: Path | None, known_hosts: Path | None, spec: Path | None) -> None:
+def run_shell(host_arg: str, command: list[str], key: Path | None, known_hosts: Path | None, spec: Path | None) -> None:
     from devserver.remote import connect, run_command
 
     resolved = resolve_or_exit(default_spec(spec), False)
-    hosts = hosts_or_exit(target, resolved, key, False)
+    hosts = hosts_or_exit(host_arg, resolved, key, False)
     if len(hosts) != 1 and not command:
-        fail(InputError("", "TARGET names several hosts", "name one host for an interactive shell"))
+        fail(InputError("", "HOST names several hosts", "name one host for an interactive shell"))
     try:
         if not command:
             with connect(hosts[0], known_hosts=known_hosts) as connection:

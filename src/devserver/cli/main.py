@@ -82,8 +82,9 @@ def catalog(
     render.catalog(cloud, json_out)
 
 
-Target = Annotated[
-    str, typer.Argument(help="user@host[:port], an Ansible inventory file, or a stack folder.", show_default=False)
+HostArgument = Annotated[
+    str,
+    typer.Argument(metavar="HOST", help="user@host[:port], an inventory file or a stack folder.", show_default=False),
 ]
 SpecOption = Annotated[
     Path | None,
@@ -104,7 +105,7 @@ def _known_hosts(path: Path | None) -> Path:
 
 @app.command()
 def update(
-    target: Target,
+    host: HostArgument,
     spec: SpecOption = None,
     check: Annotated[bool, typer.Option("--check", help="Report what would change; change nothing.")] = False,
     diff: Annotated[bool, typer.Option("--diff", help="Show file differences.")] = False,
@@ -135,7 +136,7 @@ def update(
     from devserver.cli import hosts
 
     hosts.run_update(
-        target,
+        host,
         spec,
         check=check,
         diff=diff,
@@ -150,7 +151,7 @@ def update(
 
 @app.command()
 def status(
-    target: Target,
+    host: HostArgument,
     spec: SpecOption = None,
     key: KeyOption = None,
     known_hosts: KnownHostsOption = None,
@@ -163,29 +164,31 @@ def status(
     """
     from devserver.cli import hosts
 
-    hosts.run_status(target, spec, key, _known_hosts(known_hosts), json_out)
+    hosts.run_status(host, spec, key, _known_hosts(known_hosts), json_out)
 
 
 @app.command()
-def ssh(target: Target, spec: SpecOption = None, key: KeyOption = None, known_hosts: KnownHostsOption = None) -> None:
+def ssh(
+    host: HostArgument, spec: SpecOption = None, key: KeyOption = None, known_hosts: KnownHostsOption = None
+) -> None:
     """Open a shell on a host."""
     from devserver.cli import hosts
 
-    hosts.run_shell(target, [], key, _known_hosts(known_hosts), spec)
+    hosts.run_shell(host, [], key, _known_hosts(known_hosts), spec)
 
 
 @app.command("exec")
 def exec_(
-    target: Target,
+    host: HostArgument,
     command: Annotated[list[str], typer.Argument(help="The command to run.", show_default=False)],
     spec: SpecOption = None,
     key: KeyOption = None,
     known_hosts: KnownHostsOption = None,
 ) -> None:
-    """Run a command on every host of TARGET; exits with the highest exit code."""
+    """Run a command on every host HOST names; exits with the highest exit code."""
     from devserver.cli import hosts
 
-    hosts.run_shell(target, command, key, _known_hosts(known_hosts), spec)
+    hosts.run_shell(host, command, key, _known_hosts(known_hosts), spec)
 
 
 # `devserver image …` and `devserver doctor` (their modules import only Typer at start-up, like this one)

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Literal
 from devserver.errors import DevserverError, InputError
 
 if TYPE_CHECKING:
+    from devserver.hosts import Host
     from devserver.images.artifact import Builder, Manifest, Target
     from devserver.images.build import BuildOptions, BuildResult, ProgressFn
     from devserver.images.qemu import BootedVM
     from devserver.plan import Resolved
-    from devserver.targets import Host
     from devserver.update import Drift
 
 ROOT_FIX = "run it with sudo (it mounts /proc, /sys and /dev inside the image tree)"
@@ -193,9 +193,9 @@ def check_boots(folder: Path, firmware: Literal["uefi", "bios", "both"]) -> Iter
     import tempfile
 
     from devserver import update
+    from devserver.hosts import Host
     from devserver.hoststate.observed import status_facts
     from devserver.remote import RemoteError
-    from devserver.targets import Host
 
     manifest, resolved = load_artifact(folder)
     modes = ["uefi", "bios"] if firmware == "both" else [firmware]

@@ -1,6 +1,6 @@
 """Where `devserver update/status/ssh/exec` go: a `user@host[:port]`, an Ansible inventory, or a stack folder.
 
-:func:`parse_targets` turns the TARGET argument into :class:`Host` values or raises
+:func:`parse_hosts` turns the HOST argument into :class:`Host` values or raises
 :class:`~devserver.errors.SpecError` (rendered as a usage problem, exit 2). It reads an inventory through
 `ansible-inventory --list` and a stack folder through `pulumi stack output --json` (the outputs contract every stack
 exports: `host`, `ssh_user`, `ssh_port`).
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from devserver.errors import Problem, SpecError
 
-_TARGET_RE = re.compile(
+_HOST_RE = re.compile(
     r"^(?:(?P<user>[a-z_][a-z0-9_-]{0,31})@)?"
     r"(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)"
     r"(?::(?P<port>\d{1,5}))?$"
@@ -36,26 +36,28 @@ class Host:
     key_file: Path | None = None
 
 
-def parse_targets(target: str, *, default_user: str, key_file: Path | None) -> list[Host]:
-    """Hosts named by TARGET: an existing directory is a stack folder, an existing file an inventory, else
+def parse_hosts(argument: str, *, default_user: str, key_file: Path | None) -> list[Host]:
+    """Hosts named by the HOST argument: an existing directory is a stack folder, an existing file an inventory, else
     `user@host[:port]` (the user defaults to the spec's admin user)."""
-    path = Path(target)
+    path = Path(argument)
     if path.is_dir():
         return [_from_stack(path, key_file)]
     if path.is_file():
         return _from_inventory(path, default_user, key_file)
-    match = _TARGET_RE.match(target)
+    match = _HOST_RE.match(argument)
     if match is None:
-        raise _bad(target, "is not user@host[:port], an inventory file or a stack folder", "e.g. devserver@203.0.113.7")
+        raise _bad(
+            argument, "is not user@host[:port], an inventory file or a stack folder", "e.g. devserver@203.0.113.7"
+        )
     port = int(match["port"] or 22)
     if not 0 < port < 65536:
-        raise _bad(target, f"port {port} is out of range", "use a port between 1 and 65535")
+        raise _bad(argument, f"port {port} is out of range", "use a port between 1 and 65535")
     address = match["host"].strip("[]")
     return [Host(name=address, address=address, user=match["user"] or default_user, port=port, key_file=key_file)]
 
 
-def _bad(target: str, message: str, fix: str) -> SpecError:
-    return SpecError("TARGET", [Problem("TARGET", message, fix, repr(target))])
+def _bad(argument: str, message: str, fix: str) -> SpecError:
+    return SpecError("HOST", [Problem("HOST", message, fix, repr(argument))])
 
 
 def _from_stack(folder: Path, key_file: Path | None) -> Host:
