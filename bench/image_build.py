@@ -4,7 +4,7 @@ Usage (root): ``.venv/bin/python bench/image_build.py [--cold] [--targets local,
 
 Runs the real CLI on the built-in local spec (Debian 12, Debian's NVIDIA driver built by DKMS, CUDA, Docker +
 containerd). NVIDIA's container-toolkit repository is unreachable here, so the signed TEST FIXTURE stand-in is served
-for the toolkit (tests/support/fixture_repo.py), as in the tests. ``--cold`` uses an empty cache (base and
+for the toolkit (devtools/fixture_repo.py), as in the tests. ``--cold`` uses an empty cache (base and
 provisioned tree built from scratch); otherwise the cache of the tests is used. Prints one JSON object: wall seconds
 per target build, the manifest's per-phase timings and sizes, and the wall time of the skipped rebuild.
 ``--tasks`` builds the first target in-process instead of through the CLI and adds, per playbook phase, the slowest
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from devserver import versions  # noqa: E402
 from devserver.runner import TaskEvent  # noqa: E402
-from tests.support import fixture_repo  # noqa: E402
+from devtools import fixture_repo  # noqa: E402
 
 PORT = 33979  # the e2e test's: same spec, same cache
 

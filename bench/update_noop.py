@@ -1,7 +1,7 @@
 """Wall time of a no-op `devserver update` on a converged test host (goal ≤ 15 s), and what dominates it.
 
 Run as root from the repository root: .venv/bin/python bench/update_noop.py [--runs N] [--host NAME]
-It boots a fresh Debian 12 test host (tests/support/testhost.py), converges it once with the built-in local spec
+It boots a fresh Debian 12 test host (devtools/testhost), converges it once with the built-in local spec
 (the real Debian driver, CUDA, Docker and containerd — minutes), then times N no-op updates through the real CLI and
 breaks one of them down by phase: SSH preflight, fact gathering, and each role (wall time between task starts, read
 from ansible-runner's events), and lists the slowest tasks.
@@ -33,8 +33,8 @@ from devserver.plan import resolve  # noqa: E402
 from devserver.remote import preflight  # noqa: E402
 from devserver.runner import TaskEvent  # noqa: E402
 from devserver.update import update  # noqa: E402
-from tests.support import fixture_repo  # noqa: E402
-from tests.support import testhost as th  # noqa: E402
+from devtools import fixture_repo  # noqa: E402
+from devtools import testhost as th  # noqa: E402
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ from devserver.clouds.azure import AzureUploader
 from devserver.clouds.common import Artifact, Meter, open_artifact
 from devserver.images.artifact import Manifest, write_manifest
 from devserver.images.formats import write_formats
-from tests.uploads import emulators
-from tests.uploads.conftest import write_fixture_disk
+from devtools import emulators
+from devtools.fixture_disk import write_fixture_disk
 
 
 def artifact(disk: Path, target: str, folder: Path) -> Artifact:

@@ -5,7 +5,7 @@ built by DKMS for the image's kernel, CUDA, Docker + containerd), then `devserve
 SSH through cloud-init, `devserver status` against the spec).
 
 The container toolkit comes from NVIDIA's repository. Where that is unreachable (an offline machine, or this
-project's CI), the build uses the signed TEST FIXTURE repository of tests/support/fixture_repo.py instead and says
+project's CI), the build uses the signed TEST FIXTURE repository of devtools/fixture_repo.py instead and says
 so loudly: its packages are stand-ins, not NVIDIA software, and such an image is for trying devserver out only.
 """
 
@@ -39,7 +39,7 @@ def reachable(url: str) -> bool:
 @contextlib.contextmanager
 def offline_spec(out: Path) -> Iterator[Path]:
     """The built-in local spec pointed at the TEST FIXTURE toolkit repository, served while the block runs."""
-    from tests.support import fixture_repo
+    from devtools import fixture_repo
 
     cache = Path.home() / ".cache" / "devserver-tests"
     root = fixture_repo.build_fixture_repo(cache / "nvidia-fixture-repo", toolkit_version=versions.CONTAINER_TOOLKIT)
@@ -67,7 +67,7 @@ def main() -> int:
         if not reachable(versions.CONTAINER_TOOLKIT_KEY_URL):
             print(
                 "NOTE: NVIDIA's container-toolkit repository is unreachable from here; building with the TEST FIXTURE\n"
-                "      stand-in (tests/support/fixture_repo.py). Its toolkit packages are NOT NVIDIA software: the\n"
+                "      stand-in (devtools/fixture_repo.py). Its toolkit packages are NOT NVIDIA software: the\n"
                 "      image is for trying devserver out, not for use.",
                 file=sys.stderr,
             )

@@ -9,7 +9,7 @@ the session fixture ``cloud_artifact`` (tests/support/image_builds.py, with the 
 CLI helper), built once per session and uploaded to the emulators by tests/uploads/test_built_images.py.
 
 NVIDIA's container-toolkit repository is unreachable here: the signed TEST FIXTURE repository
-(tests/support/fixture_repo.py) stands in for it, served on 127.0.0.1, exactly as in tests/roles/test_update.py.
+(devtools/fixture_repo.py) stands in for it, served on 127.0.0.1, exactly as in tests/roles/test_update.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pytest
 
 from devserver import versions
 from devserver.images.artifact import TARGET_FORMATS, load_manifest
-from tests.support import fixture_repo
+from devtools import fixture_repo
 from tests.support.image_builds import REPO, CloudArtifacts, cache_root, cli, write_spec
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for role tests on a booted Debian 12 test host (see tests/support/testhost.py).
+"""Fixtures for role tests on a booted Debian 12 test host (see devtools/testhost).
 
 * ``testhost_cache_dir`` (session): ``$DEVSERVER_TEST_CACHE`` or ``~/.cache/devserver-tests``; holds the
   rootfs tarball and the apt-cacher-ng caches, reused between runs. First removes hosts that a killed
@@ -7,7 +7,7 @@
 * ``testhost`` (function): a fresh, never-converged host, booted and answering SSH; always torn down
   after the test, whatever its outcome.
 * ``nvidia_fixture_repo`` (function): the TEST FIXTURE standing in for NVIDIA's CUDA and container-toolkit apt
-  repositories (tests/support/fixture_repo.py), served to ``testhost`` on its ``host_address``; always stopped.
+  repositories (devtools/fixture_repo.py), served to ``testhost`` on its ``host_address``; always stopped.
 
 Needs root (netns, veth, loop devices, systemd-nspawn).
 """
@@ -16,22 +16,15 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-# The support package lives at the repo root (tests/support); make it importable however pytest
-# was started (plain `pytest` does not put the repo root on sys.path in every import mode).
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
-
-from devserver import versions  # noqa: E402
-from tests.support import fixture_repo  # noqa: E402
-from tests.support import testhost as th  # noqa: E402
+from devserver import versions
+from devtools import fixture_repo
+from devtools import testhost as th
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The NVIDIA repository TEST FIXTURE (tests/support/fixture_repo.py) on a booted test host, with real apt.
+"""The NVIDIA repository TEST FIXTURE (devtools/fixture_repo.py) on a booted test host, with real apt.
 
 What the role tests rely on, checked here with apt itself: the toolkit repository's key from ``key_url`` verifies
 its ``InRelease`` and the pinned toolkit installs, through the host's apt-cacher-ng; a wrong key makes apt refuse
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import fixture_repo as fx
-from tests.support import testhost as th
+from devtools import fixture_repo as fx
+from devtools import testhost as th
 
 TOOLKIT_KEYRING = "/usr/share/keyrings/devserver-fixture-toolkit.gpg"
 TOOLKIT_SOURCE = "/etc/apt/sources.list.d/devserver-fixture-toolkit.list"

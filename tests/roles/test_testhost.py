@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import testhost as th
+from devtools import testhost as th
 
 # Units known to fail inside systemd-nspawn on this kind of machine for reasons outside our control.
 # None do today; add one only with the reason next to it.

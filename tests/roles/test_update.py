@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import testhost as th
-from tests.support.fixture_repo import FixtureRepo
+from devtools import testhost as th
+from devtools.fixture_repo import FixtureRepo
 
 REPO = Path(__file__).resolve().parents[2]
 # What a user already had in /etc/docker/daemon.json before devserver: must survive the merge.

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.support import testhost as th
+from devtools import testhost as th
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,18 +1,13 @@
-"""Fixtures for the stack tests. They import their harness as tests.stacks.harness: put the repository root on
-sys.path first."""
+"""Fixtures for the stack tests. They import their harness as tests.stacks.harness (the repository root is on
+sys.path through pytest's ``pythonpath``)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
-
-from tests.stacks.harness import CLOUDS, EXAMPLES, SPECS, StackRun, run_stack  # noqa: E402
+from tests.stacks.harness import CLOUDS, EXAMPLES, SPECS, StackRun, run_stack
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

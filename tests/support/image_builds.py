@@ -3,7 +3,7 @@
 Registered from tests/conftest.py (``pytest_plugins``), so tests/images and tests/uploads see the same session
 fixtures and the same artifacts:
 
-* ``toolkit_repo`` (session): the signed TEST FIXTURE repository (tests/support/fixture_repo.py) standing in for
+* ``toolkit_repo`` (session): the signed TEST FIXTURE repository (devtools/fixture_repo.py) standing in for
   NVIDIA's container-toolkit repository, which is unreachable here, served on 127.0.0.1:``TOOLKIT_PORT``.
 * ``image_out`` (session): the session folder the builds write their artifact folders to.
 * ``driver_only_spec`` (session): the built-in local spec without CUDA and container runtimes (see its docstring).
@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from devserver import versions
-from tests.support import fixture_repo
+from devtools import fixture_repo
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT_S = 3000

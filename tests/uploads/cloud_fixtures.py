@@ -24,7 +24,7 @@ from azure.mgmt.compute import models
 from google.cloud import compute_v1
 
 from devserver.clouds.azure import AzureUploader
-from tests.uploads import emulators
+from devtools import emulators
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 

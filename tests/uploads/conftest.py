@@ -1,10 +1,9 @@
 """Fixtures for the upload tests: a realistic sparse raw disk, artifacts built from it, and the emulators.
 
-The disk (a fixture, not a built image): 1 GiB virtual, a GPT-like header and backup header, several MiB-sized
-extents of incompressible data at scattered 64 KiB-aligned offsets, a region of explicit zeros written into the file
-(allocated but empty, as image builders leave them), and holes everywhere else. Artifacts are made from it with
-devserver.images.formats.write_formats (qemu-img, oldgnu sparse tar) and a manifest whose inputs hash is fresh for
-every artifact, so tests sharing one emulator never see each other's images.
+The disk is the TEST FIXTURE of devtools/fixture_disk.py (1 GiB virtual, scattered data extents, explicit zeros,
+holes), written once per session. Artifacts are made from it with devserver.images.formats.write_formats (qemu-img,
+oldgnu sparse tar) and a manifest whose inputs hash is fresh for every artifact, so tests sharing one emulator never
+see each other's images. The emulators are devtools/emulators.py's.
 
 Per emulator, a fresh place to upload to: ``container`` (Azurite), ``bucket`` (gcp-storage-emulator, with
 STORAGE_EMULATOR_HOST set), ``clouds_yaml`` (Glance, named ``CLOUD``, through OS_CLIENT_CONFIG_FILE), ``aws_env``
@@ -16,7 +15,6 @@ tests/uploads/cloud_fixtures.py. Artifacts made by the real image builder come f
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -30,48 +28,14 @@ from typer.testing import CliRunner
 from devserver.cli.upload import upload
 from devserver.images.artifact import Manifest, write_manifest
 from devserver.images.formats import write_formats
-from tests.uploads import emulators
+from devtools import emulators
+from devtools.fixture_disk import write_fixture_disk
 
 if TYPE_CHECKING:
     from tests.uploads.cloud_fixtures import ComputeFixture
 
 # Its asserts (the ARM request checks) report like a test's.
 pytest.register_assert_rewrite("tests.uploads.cloud_fixtures")
-
-GIB = 1 << 30
-MIB = 1 << 20
-# (offset, length) of the fixture disk's data: header, extents, backup header at the very end.
-DATA_EXTENTS = (
-    (0, 34 * 512),
-    (1 * MIB, 6 * MIB),
-    (97 * MIB + 64 * 1024, 3 * MIB),
-    (300 * MIB, 5 * MIB + 128 * 1024),
-    (512 * MIB + 448 * 1024, 2 * MIB),
-    (800 * MIB, 8 * MIB),
-    (GIB - 33 * 512, 33 * 512),
-)
-ZERO_EXTENT = (600 * MIB, 4 * MIB)
-
-
-def data_blocks(granularity: int, size: int = GIB) -> set[int]:
-    """Indexes of the `granularity`-sized blocks of the fixture disk that hold data (from its layout, not a scan)."""
-    return {
-        index
-        for offset, length in DATA_EXTENTS
-        for index in range(offset // granularity, min(-(-(offset + length) // granularity), -(-size // granularity)))
-    }
-
-
-def write_fixture_disk(path: Path, size: int = GIB) -> None:
-    """Write the sparse fixture disk described above (deterministic bytes)."""
-    rng = random.Random(7)
-    with path.open("wb") as f:
-        f.truncate(size)
-        for offset, length in DATA_EXTENTS:
-            f.seek(offset)
-            f.write(rng.randbytes(length))
-        f.seek(ZERO_EXTENT[0])
-        f.write(bytes(ZERO_EXTENT[1]))
 
 
 @pytest.fixture(scope="session")

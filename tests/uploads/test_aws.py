@@ -12,7 +12,8 @@ from botocore.stub import Stubber
 from devserver.clouds.aws import BLOCK, AwsUploader, import_snapshot, wait_import
 from devserver.clouds.common import HASH_KEY, CloudError, ProgressEvent, publish
 from devserver.images.artifact import load_manifest
-from tests.uploads.conftest import ArtifactFactory, data_blocks, run_upload_cli
+from devtools.fixture_disk import data_blocks
+from tests.uploads.conftest import ArtifactFactory, run_upload_cli
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 

@@ -15,9 +15,10 @@ from azure.storage.blob import BlobServiceClient
 from devserver.clouds.azure import GRANULE
 from devserver.clouds.common import HASH_KEY, CloudError, ProgressEvent, publish
 from devserver.images.artifact import load_manifest
-from tests.uploads import emulators
+from devtools import emulators
+from devtools.fixture_disk import GIB, data_blocks
 from tests.uploads.cloud_fixtures import SUBSCRIPTION, RecordingArmTransport, azure_uploader
-from tests.uploads.conftest import GIB, ArtifactFactory, data_blocks, run_upload_cli
+from tests.uploads.conftest import ArtifactFactory, run_upload_cli
 
 
 def assert_blob_holds(azurite: emulators.Emulator, container: str, blob: str, vhd: Path) -> None:

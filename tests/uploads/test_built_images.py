@@ -29,14 +29,15 @@ from devserver.clouds.aws import BLOCK
 from devserver.clouds.common import HASH_KEY, publish
 from devserver.clouds.openstack import HASH_PROPERTY
 from devserver.images.artifact import Manifest, load_manifest
-from tests.uploads import emulators
+from devtools import emulators
+from devtools.fixture_disk import MIB
 from tests.uploads.cloud_fixtures import (
     PROJECT,
     ComputeFixture,
     RecordingArmTransport,
     azure_uploader,
 )
-from tests.uploads.conftest import CLOUD, MIB, run_upload_cli
+from tests.uploads.conftest import CLOUD, run_upload_cli
 
 BuiltArtifact = Callable[[str], dict[str, Any]]
 

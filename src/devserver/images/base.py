@@ -21,19 +21,17 @@ Needs root (mmdebstrap's root mode, and ownership on extract) and mmdebstrap, ta
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from devserver.errors import DevserverError
+from devserver.sysutil import file_lock
 
 if TYPE_CHECKING:
     from devserver.spec import DevserverSpec
@@ -253,7 +251,7 @@ def build_base(base: BaseSpec, cache_dir: Path, *, log: Path | None = None) -> P
         return tarball
     _preflight(base)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(tarball.with_name(tarball.name + ".lock")):
+    with file_lock(tarball.with_name(tarball.name + ".lock")):
         if tarball.exists():  # a concurrent caller built it while we waited
             return tarball
         partial = tarball.with_name(f".{tarball.name}.partial-{os.getpid()}.tar.zst")
@@ -336,14 +334,3 @@ def _tail(path: Path, lines: int = 25) -> str:
 def _shell_quote(text: str) -> str:
     """Single-quote `text` for sh (mmdebstrap runs a hook string with sh -c)."""
     return "'" + text.replace("'", "'\"'\"'") + "'"
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `path` for the duration of the block."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -24,12 +24,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from devserver import sysutil
 from devserver.errors import DevserverError
 from devserver.runner import RunSummary, TaskEvent
 
@@ -156,26 +156,19 @@ def _mount(root: Path, point: str, args: tuple[str, ...], undo: list[Callable[[]
     if target.is_symlink():
         raise ChrootError(f"{target} is a symlink: refusing to mount over it")
     target.mkdir(mode=0o755, parents=True, exist_ok=True)
-    _run(["mount", *args, str(target)], f"mount {point}")
+    try:
+        sysutil.mount(target, *args, private=True)
+    except sysutil.MountError as exc:
+        raise ChrootError(exc.message) from None
     undo.append(lambda: _umount(root, target))
-    # A bind of a shared mount (the host's /dev on systemd hosts) joins its peer group: without this, what is
-    # mounted below it here would appear on the host too.
-    _run(["mount", "--make-private", str(target)], f"make {point} private")
 
 
 def _umount(root: Path, target: Path) -> None:
     """Unmount `target`; processes still inside the root keep it busy, so they are killed and it is retried."""
-    for attempt in range(3):
-        proc = subprocess.run(["umount", str(target)], capture_output=True, text=True, check=False)
-        if proc.returncode == 0:
-            return
-        if attempt < 2:
-            _kill_processes_in(root)
-            time.sleep(0.2)
-    # Still busy (an open file from outside the root): detach it now, the kernel frees it when the file closes.
-    proc = subprocess.run(["umount", "--lazy", str(target)], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise ChrootError(f"cannot unmount {target}: {proc.stderr.strip()}")
+    try:
+        sysutil.unmount(target, retries=2, before_retry=lambda: _kill_processes_in(root))
+    except sysutil.MountError as exc:
+        raise ChrootError(exc.message) from None
 
 
 def _forbid_service_starts(root: Path, undo: list[Callable[[], None]]) -> None:
@@ -220,7 +213,10 @@ def _host_resolver(root: Path, undo: list[Callable[[], None]]) -> None:
         # absent, or a symlink to a file that only exists on a running system (systemd-resolved's stub in /run)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.touch()
-    _run(["mount", "--bind", str(copy), str(target)], "bind resolv.conf")
+    try:
+        sysutil.mount(target, "--bind", str(copy))
+    except sysutil.MountError as exc:
+        raise ChrootError(exc.message) from None
 
     def unbind() -> None:
         _umount(root, target)
@@ -253,14 +249,8 @@ def _inside(root: Path, relative: Path) -> Path:
 
 
 def mounted_under(root: Path) -> list[str]:
-    """Mount points strictly below `root` in this mount namespace."""
-    prefix = str(Path(root).resolve())
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point.startswith(prefix + "/"):
-            points.append(point)
-    return points
+    """Mount points strictly below `root` in this mount namespace, deepest first."""
+    return sysutil.mounts_under(root, strictly_below=True)
 
 
 def processes_in(root: Path) -> list[int]:
@@ -308,9 +298,3 @@ def _sigint_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def _run(argv: list[str], what: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise ChrootError(f"{what} failed: {proc.stderr.strip() or f'exit {proc.returncode}'}")

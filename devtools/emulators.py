@@ -1,4 +1,4 @@
-"""The cloud emulators the upload tests (and bench/upload_bytes.py) run on 127.0.0.1, each a real server process.
+"""The cloud emulators the upload tests and bench/upload_bytes.py run on 127.0.0.1, each a real server process.
 
 moto (S3, EBS direct API, EC2), Azurite (blob service, from npm), gcp-storage-emulator (GCS JSON API and resumable
 uploads) and a real Glance (sqlite database, file store, no keystone) served by gunicorn from its own venv
@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 AZURITE = ROOT / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
 GLANCE_VENV = ROOT / ".venv-glance"
 # Azurite's well-known development account (public, documented by Microsoft for the emulator).
@@ -86,7 +86,7 @@ def _spawn(
             emulator.stop()
             raise RuntimeError(f"{name} exited with {process.returncode}: {emulator.log()}")
         try:
-            urllib.request.urlopen(emulator.url + ready, timeout=2)
+            urllib.request.urlopen(emulator.url + ready, timeout=2)  # noqa: S310 (http://127.0.0.1, our emulator)
             return emulator
         except urllib.error.HTTPError:
             return emulator  # answering at all is ready

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import gzip
 import hashlib
 import http.server
@@ -66,6 +65,8 @@ from email.utils import formatdate
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from devserver.sysutil import file_lock
 
 # Bump when the build recipe changes in a way the hashed inputs below do not capture.
 RECIPE_VERSION = "1"
@@ -145,7 +146,7 @@ class FixturePackage:
         doc = f"/usr/share/doc/{self.name}"
         readme = (
             f"{self.name} {self.version}: {FIXTURE_NOTE}.\n\n{self.description.strip()}\n\n"
-            "Built by devserver's tests (tests/support/fixture_repo.py) for a local apt repository that stands in\n"
+            "Built for devserver's tests (devtools/fixture_repo.py) as a local apt repository that stands in\n"
             "for NVIDIA's, which the test machines cannot reach. Do not install it anywhere else.\n"
         )
         copyright_text = (
@@ -157,7 +158,7 @@ class FixturePackage:
 
 def _script(body: str) -> tuple[str, int]:
     """An executable /bin/sh script whose second line names the fixture."""
-    return f"#!/bin/sh\n# {FIXTURE_NOTE} (tests/support/fixture_repo.py)\n{body.strip()}\n", 0o755
+    return f"#!/bin/sh\n# {FIXTURE_NOTE} (devtools/fixture_repo.py)\n{body.strip()}\n", 0o755
 
 
 def _nvidia_ctk(version: str) -> tuple[str, int]:
@@ -365,7 +366,7 @@ def build_fixture_repo(workdir: Path, *, toolkit_version: str) -> Path:
     if (root / META_FILE).exists():
         return root
     _require_tools()
-    with _locked(workdir / "nvidia-fixture-repo.lock"):
+    with file_lock(workdir / "nvidia-fixture-repo.lock"):
         if (root / META_FILE).exists():  # built by a concurrent caller while we waited
             return root
         partial_dir = Path(tempfile.mkdtemp(prefix=".partial-nvidia-fixture-repo-", dir=workdir))
@@ -377,17 +378,6 @@ def build_fixture_repo(workdir: Path, *, toolkit_version: str) -> Path:
         finally:
             shutil.rmtree(partial_dir, ignore_errors=True)
     return root
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `path` for the duration of the block."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _build(root: Path, toolkit_version: str) -> None:
@@ -476,7 +466,9 @@ def _write_indexes(directory: Path, debs: Sequence[Path], label: str) -> None:
         data = deb.read_bytes()
         stanzas.append(
             f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\n"
-            f"MD5sum: {hashlib.md5(data).hexdigest()}\nSHA1: {hashlib.sha1(data).hexdigest()}\n"
+            # apt's Packages format lists these digests beside SHA256 (it verifies with SHA256).
+            f"MD5sum: {hashlib.md5(data, usedforsecurity=False).hexdigest()}\n"
+            f"SHA1: {hashlib.sha1(data, usedforsecurity=False).hexdigest()}\n"
             f"SHA256: {hashlib.sha256(data).hexdigest()}\n"
         )
     packages = "\n".join(stanzas).encode()
