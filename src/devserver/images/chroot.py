@@ -156,17 +156,22 @@ def _mount(root: Path, point: str, args: tuple[str, ...], undo: list[Callable[[]
     if target.is_symlink():
         raise ChrootError(f"{target} is a symlink: refusing to mount over it")
     target.mkdir(mode=0o755, parents=True, exist_ok=True)
-    try:
+    with _mount_errors():
         sysutil.mount(target, *args, private=True)
-    except sysutil.MountError as exc:
-        raise ChrootError(exc.message) from None
     undo.append(lambda: _umount(root, target))
 
 
 def _umount(root: Path, target: Path) -> None:
     """Unmount `target`; processes still inside the root keep it busy, so they are killed and it is retried."""
-    try:
+    with _mount_errors():
         sysutil.unmount(target, retries=2, before_retry=lambda: _kill_processes_in(root))
+
+
+@contextlib.contextmanager
+def _mount_errors() -> Iterator[None]:
+    """mount(8)'s failures raised as ChrootError, the error callers of this module handle."""
+    try:
+        yield
     except sysutil.MountError as exc:
         raise ChrootError(exc.message) from None
 
@@ -213,10 +218,8 @@ def _host_resolver(root: Path, undo: list[Callable[[], None]]) -> None:
         # absent, or a symlink to a file that only exists on a running system (systemd-resolved's stub in /run)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.touch()
-    try:
+    with _mount_errors():
         sysutil.mount(target, "--bind", str(copy))
-    except sysutil.MountError as exc:
-        raise ChrootError(exc.message) from None
 
     def unbind() -> None:
         _umount(root, target)
