@@ -22,6 +22,7 @@ from devserver.images.build import BuildError
 from devserver.images.chroot import ChrootError
 from devserver.images.packer import PackerError
 from devserver.remote import RemoteError
+from devserver.sysutil import MountError
 from devserver.update import HostsError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +42,7 @@ ONE_LINE_ERRORS: list[tuple[DevserverError, str, output.ExitCode]] = [
     (InputError("--distro", "unknown distribution 'x'", "use debian-12"), "--distro", output.ExitCode.BAD_INPUT),
     (NeedsRootError("devserver image base"), "", output.ExitCode.FAILED),
     (ProbeError("the probe printed no JSON: 'x'"), "host-state probe", output.ExitCode.FAILED),
+    (MountError("/srv/tree/proc", "mount -t proc proc /srv/tree/proc failed: denied"), "/srv/tree/proc", 1),
 ]
 PROBLEM_ERRORS: list[tuple[DevserverError, str, output.ExitCode]] = [
     (SpecError("gce.yaml", [PROBLEM]), "gce.yaml", output.ExitCode.BAD_INPUT),
