@@ -1,7 +1,8 @@
 """The GPU catalog: which machines carry which GPUs on each cloud, and what each GPU needs from the driver.
 
-The facts live in ``data/catalog.yaml`` (each with its source); this module gives them types and answers the
-questions the planner asks. The file is parsed and validated once per process.
+The facts live in ``data/catalog.yaml``, each entry naming one of the file's ``sources`` (where the fact was read
+and when); this module gives them types and answers the questions the planner asks. The file is parsed and
+validated once per process.
 """
 
 from __future__ import annotations
@@ -15,6 +16,18 @@ from typing import Any, Literal
 import yaml
 
 Flavour = Literal["open", "proprietary"]
+Arch = Literal["x86_64", "arm64"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where facts were read: a page (``url``) or, for archives and APIs, the command that lists them (``how``),
+    and when (``checked``: YYYY-MM-DD, or YYYY-MM where only the month was recorded)."""
+
+    checked: str
+    url: str | None = None
+    how: str | None = None
+    says: str = ""
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,7 @@ class Architecture:
     order: int
     open: bool
     proprietary: bool
+    source: str
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,7 @@ class Gpu:
     architecture: str
     memory_gb: int
     min_branch: int
+    source: str
     max_branch: int | None = None
     aliases: tuple[str, ...] = ()
 
@@ -39,16 +54,20 @@ class MachineType:
     gpu: str
     count: int
     vcpus: int
+    source: str
     fraction: str | None = None
     nvswitch: bool = False
     generations: tuple[int, ...] = ()
     grid: bool = False
+    arch: Arch = "x86_64"
+    spot_only: bool = False  # the cloud creates it only as a spot (or flex-start) VM
 
 
 @dataclass(frozen=True)
 class Attachable:
     accelerator: str
     max_vcpus: dict[int, int]
+    source: str
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,7 @@ class CloudCatalog:
     regions: tuple[str, ...]
     images: dict[str, str]
     machines: dict[str, MachineType]
+    sources: dict[str, str]  # regions / images / attachable_machine_sizes -> source key
     attachable: dict[str, Attachable] = field(default_factory=dict)
     attachable_machine_sizes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
@@ -70,10 +90,13 @@ class OsFacts:
 
 @dataclass(frozen=True)
 class Catalog:
+    sources: dict[str, Source]
     architectures: dict[str, Architecture]
     open_module_min_branch: int
+    open_module_min_branch_source: str
     gpus: dict[str, Gpu]
     driver_branches: dict[int, str]
+    driver_branch_sources: dict[int, str]
     os: dict[str, OsFacts]
     clouds: dict[str, CloudCatalog]
 
@@ -126,17 +149,24 @@ def _build(raw: dict[str, Any]) -> Catalog:
             regions=tuple(cloud["regions"]),
             images=dict(cloud["images"]),
             machines={key: _machine(value) for key, value in cloud["machines"].items()},
+            sources=dict(cloud["sources"]),
             attachable={
-                key: Attachable(value["accelerator"], {int(c): int(v) for c, v in value["max_vcpus"].items()})
+                key: Attachable(
+                    value["accelerator"], {int(c): int(v) for c, v in value["max_vcpus"].items()}, value["source"]
+                )
                 for key, value in cloud.get("attachable", {}).items()
             },
             attachable_machine_sizes={k: tuple(v) for k, v in cloud.get("attachable_machine_sizes", {}).items()},
         )
+    branches = raw["driver_branches"]
     return Catalog(
+        sources={key: Source(**{**value, "checked": str(value["checked"])}) for key, value in raw["sources"].items()},
         architectures={key: Architecture(**value) for key, value in raw["architectures"].items()},
-        open_module_min_branch=int(raw["open_module_min_branch"]),
+        open_module_min_branch=int(raw["open_module_min_branch"]["branch"]),
+        open_module_min_branch_source=raw["open_module_min_branch"]["source"],
         gpus={key: Gpu(**{**value, "aliases": tuple(value.get("aliases", ()))}) for key, value in raw["gpus"].items()},
-        driver_branches={int(branch): str(cuda) for branch, cuda in raw["driver_branches"].items()},
+        driver_branches={int(branch): str(entry["cuda"]) for branch, entry in branches.items()},
+        driver_branch_sources={int(branch): entry["source"] for branch, entry in branches.items()},
         os={
             key: OsFacts(
                 family=value["family"],

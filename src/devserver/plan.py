@@ -13,7 +13,7 @@ from typing import Literal
 
 from devserver import catalog as catalog_module
 from devserver import versions
-from devserver.catalog import Catalog, version_tuple
+from devserver.catalog import Catalog, MachineType, version_tuple
 from devserver.errors import Problem, SpecError
 from devserver.spec import DevserverSpec, GpuRequest
 
@@ -218,6 +218,8 @@ class _Checker:
                     machine_type,
                 )
                 return None
+            if not self._runnable(path, type_path, machine_type, known):
+                return None
             return MachineChoice(machine_type, known.gpu, known.count, nvswitch=known.nvswitch)
         vcpus = self.catalog.attachable_vcpus(provider, machine_type) if cloud.attachable_machine_sizes else None
         if vcpus is None:
@@ -283,9 +285,10 @@ class _Checker:
             sizes = cloud.attachable_machine_sizes["n1-standard"]
             fitting = [s for s in sizes if s <= min(8 * count, attachable.max_vcpus[count])]
             return self._attach(path, f"n1-standard-{max(fitting)}", max(fitting), gpu_key, count)
+        spot = self.spec.machine.spot and path == "machine"
         matches = sorted(
             ((name, m) for name, m in cloud.machines.items() if m.gpu == gpu_key and m.count == count and not m.grid),
-            key=lambda item: item[1].vcpus,
+            key=lambda item: (item[1].arch != "x86_64", item[1].spot_only and not spot, item[1].vcpus),
         )
         if not matches:
             counts = sorted({m.count for m in cloud.machines.values() if m.gpu == gpu_key and not m.grid})
@@ -305,7 +308,34 @@ class _Checker:
                 )
             return None
         name, known = matches[0]
+        type_path = f"{path}.type" if path == "machine" else f"{path}.machine_type"
+        if not self._runnable(path, type_path, name, known):
+            return None
         return MachineChoice(name, known.gpu, known.count, nvswitch=known.nvswitch)
+
+    def _runnable(self, path: str, type_path: str, machine_type: str, known: MachineType) -> bool:
+        """Whether devserver can run `machine_type` as the spec asks; reports why not. Grace (arm64) machines are
+        refused: the roles and images are x86_64 only. Spot-only machines need a spot VM."""
+        if known.arch != "x86_64":
+            arch = self.catalog.gpus[known.gpu].architecture
+            cloud = self.catalog.clouds[self.spec.cloud.provider]
+            x86 = [
+                name
+                for name, m in cloud.machines.items()
+                if m.arch == "x86_64" and not m.grid and self.catalog.gpus[m.gpu].architecture == arch
+            ]
+            self.error(
+                type_path,
+                f"is an {known.arch} machine (NVIDIA Grace CPUs); devserver's roles and images support x86_64 only",
+                f"pick an x86_64 {arch} machine: {', '.join(x86[:6]) or 'none on this cloud'}",
+                machine_type,
+            )
+            return False
+        if known.spot_only and not (path == "machine" and self.spec.machine.spot):
+            fix = "set machine.spot: true" if path == "machine" else "pick a machine type sold on demand"
+            self.error(type_path, "is sold only as a spot (or flex-start) VM", fix, machine_type)
+            return False
+        return True
 
     def _machines_with(self, gpu_key: str) -> list[str]:
         cloud = self.catalog.clouds[self.spec.cloud.provider]

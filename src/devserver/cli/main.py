@@ -71,15 +71,20 @@ def catalog(
     cloud: Annotated[
         str | None, typer.Option(help="Only this cloud: gce, azure, aws or openstack.", show_default=False)
     ] = None,
+    gpu: Annotated[
+        str | None,
+        typer.Option("--gpu", metavar="MODEL", help="Only this GPU model, e.g. h200 or l40s.", show_default=False),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """List the GPU machine types of each cloud.
 
-    With each GPU's architecture, minimum driver branch, NVSwitch and GRID notes.
+    With NVSwitch, GRID, spot-only and arm64 notes, and each GPU's architecture, driver branches and kernel
+    module flavours.
     """
     from devserver.cli import render
 
-    render.catalog(cloud, json_out)
+    render.catalog(cloud, gpu, json_out)
 
 
 HostArgument = Annotated[

@@ -30,12 +30,17 @@ _BUNDLED_ACCELERATORS = (
     ("a2-megagpu-", "nvidia-tesla-a100"),
     ("a3-megagpu-", "nvidia-h100-mega-80gb"),
     ("a3-highgpu-", "nvidia-h100-80gb"),
+    ("a3-ultragpu-", "nvidia-h200-141gb"),
     ("a4-highgpu-", "nvidia-b200"),
+    ("a4x-highgpu-", "nvidia-gb200"),
+    ("a4x-maxgpu-", "nvidia-gb300"),
     ("g2-", "nvidia-l4"),
+    ("g4-", "nvidia-rtx-pro-6000"),
 )
-# A4 machines attach only Hyperdisk; A3 and A4 need the gVNIC network interface.
-_HYPERDISK_ONLY = ("a4-",)
-_GVNIC_REQUIRED = ("a3-", "a4-")
+# A3 Ultra, A4, A4X and G4 machines attach only Hyperdisk; A3, A4, A4X and G4 need the gVNIC network interface.
+# https://cloud.google.com/compute/docs/accelerator-optimized-machines
+_HYPERDISK_ONLY = ("a3-ultragpu-", "a4-", "a4x-", "g4-")
+_GVNIC_REQUIRED = ("a3-", "a4-", "a4x-", "g4-")
 
 
 def accelerator_type(machine: MachineChoice) -> str:
