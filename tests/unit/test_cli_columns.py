@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from devserver import catalog
-from devserver.cli.output import out
 from devserver.cli.main import app
+from devserver.cli.output import out
 from devserver.loader import load_spec
 from devserver.plan import resolve
 
