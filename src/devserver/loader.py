@@ -17,20 +17,27 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from devserver import registry
 from devserver.errors import FieldError, Problem, SpecError
-from devserver.spec import AwsCloud, AzureCloud, DevserverSpec, GceCloud, LocalCloud, OpenStackCloud
+from devserver.spec import Cloud, DevserverSpec
 
 MAX_BYTES = 1024 * 1024
 # Nodes after alias expansion; a real spec has a few hundred.
 MAX_NODES = 50_000
 BUILTIN_LOCAL = "<built-in local>"
-_CLOUD_MODELS: dict[str, type[BaseModel]] = {
-    "gce": GceCloud,
-    "azure": AzureCloud,
-    "aws": AwsCloud,
-    "openstack": OpenStackCloud,
-    "local": LocalCloud,
-}
+
+
+def _cloud_models() -> dict[str, type[BaseModel]]:
+    """The spec's cloud models by their `provider` tag, read off the discriminated union."""
+    union = typing.get_args(Cloud)[0]
+    models: dict[str, type[BaseModel]] = {}
+    for model in typing.get_args(union):
+        (tag,) = typing.get_args(model.model_fields["provider"].annotation)
+        models[tag] = model
+    return models
+
+
+_CLOUD_MODELS = _cloud_models()
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -160,9 +167,6 @@ def _fail(source: str, message: str, fix: str) -> SpecError:
     return SpecError(source, [Problem(path="", message=message, fix=fix)])
 
 
-# --- pydantic errors → problems -----------------------------------------------------------------------------------
-
-
 def _problem(error: Any) -> Problem:
     raw_loc = tuple(error["loc"])
     loc = _clean_loc(raw_loc)
@@ -186,7 +190,7 @@ def _problem(error: Any) -> Problem:
             fix += f" Keys allowed here: {', '.join(allowed)}"
         return Problem(_render_path(loc), "is not a known key", fix)
     if kind in ("union_tag_not_found", "union_tag_invalid"):
-        expected = ctx.get("expected_tags", "gce, azure, aws, openstack, local")
+        expected = ctx.get("expected_tags", ", ".join(registry.names()))
         message = "needs a provider" if kind == "union_tag_not_found" else "names an unknown provider"
         shown = _show(ctx.get("tag")) if kind == "union_tag_invalid" else None
         return Problem(_render_path((*loc, "provider")), message, f"set provider: to one of {expected}", shown)

@@ -8,13 +8,14 @@ messages. It is pure: no network, no cloud SDK.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from devserver import catalog as catalog_module
-from devserver import versions
+from devserver import registry, versions
 from devserver.catalog import Catalog, MachineType, version_tuple
 from devserver.errors import Problem, SpecError
+from devserver.registry.resources import PlannedResource
 from devserver.spec import DevserverSpec, GpuRequest
 
 Flavour = Literal["open", "proprietary"]
@@ -38,13 +39,6 @@ class NodePoolPlan:
     machine: MachineChoice
     node_count: int
     taints: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PlannedResource:
-    kind: str
-    name: str
-    details: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,20 +89,20 @@ class _Checker:
 
     def run(self) -> Resolved | None:
         spec = self.spec
-        provider = spec.cloud.provider
+        cloud = registry.get(spec.cloud.provider)
         region = self._region()
         machine: MachineChoice | None = None
-        if provider != "local":
+        if cloud.offers("gpus"):
             machine = self._machine("machine", spec.machine.gpu, spec.machine.type)
-            if spec.machine.spot and provider == "openstack":
-                self.error("machine.spot", "OpenStack has no spot capacity", "remove machine.spot")
+            if spec.machine.spot and not cloud.offers("spot"):
+                self.error("machine.spot", f"{cloud.title} has no spot capacity", "remove machine.spot")
         image = self._image()
         branch = self._branch(machine)
         flavour = self._flavour(machine, branch)
         cuda = self._cuda(branch)
         pools = self._node_pools()
-        if machine is not None and provider == "azure":
-            machine = self._azure_generation(machine)
+        if machine is not None and cloud.offers("hyperv_generations"):
+            machine = self._hyperv_generation(machine)
         if any(p.severity == "error" for p in self.problems):
             return None
         return Resolved(
@@ -124,15 +118,14 @@ class _Checker:
             warnings=tuple(p for p in self.problems if p.severity == "warning"),
         )
 
-    # --- where -------------------------------------------------------------------------------------------------
-
     def _region(self) -> str:
         cloud = self.spec.cloud
-        if cloud.provider == "local":
-            return "local"
-        regions = self.catalog.clouds[cloud.provider].regions
+        entry = registry.get(cloud.provider)
         region = cloud.region
-        path = {"gce": "cloud.zone", "azure": "cloud.location"}.get(cloud.provider, "cloud.region")
+        if not entry.in_catalog:
+            return region
+        regions = self.catalog.clouds[cloud.provider].regions
+        path = entry.region_field
         if region not in regions:
             close = difflib.get_close_matches(region, regions, n=3)
             hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -148,11 +141,10 @@ class _Checker:
         spec = self.spec
         if spec.image is not None:
             return spec.image.name
-        if spec.cloud.provider == "local":
-            return f"devserver local image ({spec.os}), built by `devserver image build --target local`"
-        return self.catalog.clouds[spec.cloud.provider].images[spec.os]
-
-    # --- machine -----------------------------------------------------------------------------------------------
+        provider = spec.cloud.provider
+        if not registry.get(provider).in_catalog:
+            return f"devserver {provider} image ({spec.os}), built by `devserver image build --target {provider}`"
+        return self.catalog.clouds[provider].images[spec.os]
 
     def _machine(self, path: str, request: GpuRequest | None, machine_type: str | None) -> MachineChoice | None:
         provider = self.spec.cloud.provider
@@ -344,10 +336,11 @@ class _Checker:
             names.append("n1-standard-*")
         return names[:6]
 
-    def _azure_generation(self, machine: MachineChoice) -> MachineChoice:
-        known = self.catalog.clouds["azure"].machines[machine.type]
+    def _hyperv_generation(self, machine: MachineChoice) -> MachineChoice:
+        known = self.catalog.clouds[self.spec.cloud.provider].machines[machine.type]
         generation = max(known.generations)
-        if getattr(self.spec.cloud, "trusted_launch", False) and 2 not in known.generations:
+        trusted = registry.get(self.spec.cloud.provider).offers("trusted_launch")
+        if trusted and getattr(self.spec.cloud, "trusted_launch", False) and 2 not in known.generations:
             self.error(
                 "cloud.trusted_launch",
                 f"needs a gen2 size; {machine.type} is gen1 only",
@@ -367,8 +360,6 @@ class _Checker:
                 taints = tuple(f"{t.key}={t.value}:{t.effect}" for t in pool.taints)
                 pools.append(NodePoolPlan(pool.name, choice, pool.node_count, taints))
         return pools
-
-    # --- software ----------------------------------------------------------------------------------------------
 
     def _gpu_arch(self, machine: MachineChoice | None) -> tuple[str | None, str | None]:
         if machine is None or machine.gpu is None:
@@ -507,117 +498,10 @@ class _Checker:
         return cuda.version
 
 
-# --- what would be created ----------------------------------------------------------------------------------------
-
-
 def planned_resources(resolved: Resolved) -> list[PlannedResource]:
-    """What `pulumi up` (or the local image build) would create for this spec, for people to review."""
-    spec = resolved.spec
-    name = spec.name
-    provider = spec.cloud.provider
-    cidrs = ", ".join(spec.ssh.allowed_cidrs) or "(none)"
-    machine = resolved.machine
-    out: list[PlannedResource] = []
-    if provider == "local":
-        cloud = spec.cloud
-        out.append(
-            PlannedResource(
-                "qemu VM",
-                name,
-                {
-                    "cpus": str(getattr(cloud, "cpus", "")),
-                    "memory": f"{getattr(cloud, 'memory_gb', '')} GiB",
-                    "image": resolved.image,
-                    "disk": f"{spec.disks.boot_gb} GiB qcow2",
-                    "ssh": "127.0.0.1 (forwarded port)",
-                },
-            )
-        )
-    else:
-        assert machine is not None
-        network_kind = {"gce": "VPC network", "azure": "virtual network", "aws": "VPC", "openstack": "network"}
-        firewall_kind = {
-            "gce": "firewall rule",
-            "azure": "network security group",
-            "aws": "security group",
-            "openstack": "security group",
-        }
-        existing = getattr(spec.cloud, "network", None) or getattr(spec.cloud, "subnet_id", None)
-        if provider == "azure":
-            out.append(PlannedResource("resource group", getattr(spec.cloud, "resource_group", name)))
-        out.append(
-            PlannedResource(
-                network_kind[provider], existing or f"{name}-net", {"state": "existing" if existing else "new"}
-            )
-        )
-        out.append(PlannedResource(firewall_kind[provider], f"{name}-ssh", {"allow": "tcp/22", "from": cidrs}))
-        details = {
-            "machine type": machine.type,
-            "gpu": resolved.gpu_summary,
-            "image": resolved.image,
-            "boot disk": f"{spec.disks.boot_gb} GiB, encrypted",
-            "spot": "yes" if spec.machine.spot else "no",
-            "admin user": spec.ssh.admin_user,
-        }
-        if machine.accelerator:
-            details["accelerator"] = f"{machine.gpu_count}x {machine.accelerator}"
-        if provider == "gce":
-            details["on host maintenance"] = "TERMINATE"
-        if provider == "aws":
-            details["metadata"] = "IMDSv2 required"
-        if machine.hyperv_generation:
-            details["hyper-v generation"] = f"V{machine.hyperv_generation}"
-        if provider in ("azure", "aws"):
-            out.append(
-                PlannedResource(
-                    "key pair" if provider == "aws" else "public IP",
-                    f"{name}-ip" if provider == "azure" else f"{name}-key",
-                )
-            )
-        if provider == "openstack":
-            out.append(PlannedResource("key pair", f"{name}-key"))
-            out.append(
-                PlannedResource("floating IP", f"{name}-fip", {"pool": getattr(spec.cloud, "external_network", "")})
-            )
-        out.append(PlannedResource("GPU VM", name, details))
-    data = spec.disks.data
-    if data is not None:
-        out.append(
-            PlannedResource(
-                "data volume",
-                f"{name}-data",
-                {
-                    "size": f"{data.size_gb} GiB",
-                    "mount": data.mount_point,
-                    "filesystem": data.filesystem,
-                    "docker data-root": "yes" if data.docker_data_root else "no",
-                },
-            )
-        )
-    if spec.kubernetes is not None:
-        kind = {"gce": "GKE cluster", "azure": "AKS cluster", "aws": "EKS cluster"}[provider]
-        out.append(
-            PlannedResource(
-                kind,
-                f"{name}-k8s",
-                {"version": spec.kubernetes.version or "cloud default", "gpu operator": spec.kubernetes.gpu_operator},
-            )
-        )
-        for pool in resolved.node_pools:
-            gpu = f"{pool.machine.gpu_count}x {pool.machine.gpu}"
-            out.append(
-                PlannedResource(
-                    "GPU node pool",
-                    pool.name,
-                    {
-                        "machine type": pool.machine.type,
-                        "gpu": gpu,
-                        "nodes": str(pool.node_count),
-                        "taints": ", ".join(pool.taints) or "(none)",
-                    },
-                )
-            )
-    return out
+    """What `pulumi up` (or the local image build) would create for this spec, for people to review: the cloud
+    entry's resource list, whose names the stack registers (:func:`devserver.registry.planned`)."""
+    return list(registry.planned(resolved).resources)
 
 
 def software_summary(resolved: Resolved) -> dict[str, str]:

@@ -17,10 +17,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from devserver import versions
+from devserver import registry, versions
 from devserver.errors import FieldError
 
-CloudName = Literal["gce", "azure", "aws", "openstack", "local"]
 OsName = Literal["debian-12", "ubuntu-22.04", "ubuntu-24.04"]
 
 _NAME_RE = r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$"
@@ -33,9 +32,6 @@ _VERSION_RE = r"^\d+\.\d+(\.\d+)?$"
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
-
-# --- clouds -------------------------------------------------------------------------------------------------------
 
 
 class GceCloud(_Model):
@@ -100,9 +96,6 @@ class LocalCloud(_Model):
 
 
 Cloud = Annotated[GceCloud | AzureCloud | AwsCloud | OpenStackCloud | LocalCloud, Field(discriminator="provider")]
-
-
-# --- machine, OS, disks, SSH --------------------------------------------------------------------------------------
 
 
 class GpuRequest(_Model):
@@ -203,9 +196,6 @@ class Ssh(_Model):
         return self
 
 
-# --- software -----------------------------------------------------------------------------------------------------
-
-
 class Driver(_Model):
     branch: int | None = Field(
         default=None, ge=300, le=999, description="Driver branch, e.g. 535. Default: the distro's, or the pinned one."
@@ -267,9 +257,6 @@ class Repositories(_Model):
     )
 
 
-# --- kubernetes ---------------------------------------------------------------------------------------------------
-
-
 class Taint(_Model):
     key: str = Field(pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
     value: str = Field(default="", pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]{0,62})?$")
@@ -300,9 +287,6 @@ class Kubernetes(_Model):
         if len(set(names)) != len(names):
             raise FieldError("node_pools", "node pool names must be unique", "give each pool its own name", names)
         return self
-
-
-# --- the spec -----------------------------------------------------------------------------------------------------
 
 
 class DevserverSpec(_Model):
@@ -353,9 +337,12 @@ class DevserverSpec(_Model):
                 "is empty: SSH would be closed to everyone",
                 "list your networks, e.g. 203.0.113.4/32",
             )
-        if self.kubernetes is not None and provider not in ("gce", "azure", "aws"):
+        offering = registry.with_capability("node_pools")
+        if self.kubernetes is not None and provider not in offering:
             raise FieldError(
-                "kubernetes", f"node pools are offered on gce, azure and aws, not {provider}", "remove the section"
+                "kubernetes",
+                f"node pools are offered on {registry.spoken(offering)}, not {provider}",
+                "remove the section",
             )
         if self.software.default_runtime_nvidia and self.software.container_runtime == "none":
             raise FieldError(

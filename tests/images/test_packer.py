@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 import yaml
 
-from devserver.images import packer, qemu
+from devserver.images import packer, packer_process, qemu
 from devserver.images.packer import PackerError
 from devserver.loader import load_spec, load_spec_bytes
 from devserver.plan import Resolved, resolve
@@ -330,7 +330,7 @@ def test_sigint_stops_packer_and_its_qemu_and_leaves_no_files(base_qcow2: Path, 
             pytest.fail(f"the build never reached its VM's boot (exit {child.wait()})")
         assert _qemu_processes_using(tmp_path), "Packer's qemu should be running by now"
         os.kill(child.pid, signal.SIGINT)
-        rest = child.communicate(timeout=packer.INTERRUPT_GRACE_S + 60)[0]
+        rest = child.communicate(timeout=packer_process.INTERRUPT_GRACE_S + 60)[0]
     finally:
         if child.poll() is None:
             child.kill()

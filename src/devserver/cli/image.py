@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
+from devserver import registry
 from devserver.cli.upload import upload
 
 if TYPE_CHECKING:
@@ -27,7 +28,12 @@ image_app = typer.Typer(
     rich_markup_mode=None,
 )
 
-TargetName = Literal["gce", "azure", "aws", "openstack", "local"]
+# The image targets: every cloud in the registry, as the Literal typer turns into the option's choices (built when
+# imported; type checkers see the str it is).
+if TYPE_CHECKING:
+    TargetName = str
+else:
+    TargetName = Literal[registry.names()]
 FirmwareName = Literal["uefi", "bios"]
 
 SpecOption = Annotated[

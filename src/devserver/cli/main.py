@@ -1,7 +1,8 @@
 """Entry point of the `devserver` command.
 
-Start-up is kept cheap: this module imports only Typer; the spec model, the catalog and every cloud SDK are
-imported inside the command that needs them (`devserver --help` must not pay for them).
+Start-up is kept cheap: this module imports only Typer and the cloud registry (plain data); the spec model, the
+catalog and every cloud SDK are imported inside the command that needs them (`devserver --help` must not pay for
+them).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from devserver import registry
 
 app = typer.Typer(
     name="devserver",
@@ -69,7 +72,10 @@ def schema() -> None:
 @app.command()
 def catalog(
     cloud: Annotated[
-        str | None, typer.Option(help="Only this cloud: gce, azure, aws or openstack.", show_default=False)
+        str | None,
+        typer.Option(
+            help=f"Only this cloud: {registry.spoken(registry.with_capability('gpus'), 'or')}.", show_default=False
+        ),
     ] = None,
     gpu: Annotated[
         str | None,

@@ -12,19 +12,22 @@ import os
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+
+from devserver import registry
 
 if TYPE_CHECKING:
     from devserver.clouds.common import ProgressEvent, Uploader, UploadOptions, UploadResult
 
 
-class UploadTarget(StrEnum):
-    gce = "gce"
-    azure = "azure"
-    aws = "aws"
-    openstack = "openstack"
+# The clouds with an uploader in the registry, as the Literal typer turns into the option's choices (built when
+# imported; type checkers see the str it is).
+if TYPE_CHECKING:
+    UploadTarget = str
+else:
+    UploadTarget = Literal[registry.upload_targets()]
 
 
 class Method(StrEnum):
@@ -90,7 +93,7 @@ def upload(
         method=method.value,
         cloud=cloud,
     )
-    result = run_upload(artifact, target.value, options, json_out)
+    result = run_upload(artifact, target, options, json_out)
     render(result, json_out)
 
 

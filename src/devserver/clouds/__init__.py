@@ -1,26 +1,29 @@
-"""Image upload and registration per cloud: the one registry from target name to uploader.
+"""Image upload and registration per cloud: each cloud registry entry names its uploader.
 
-Every module here imports its cloud SDK inside functions, so importing this package costs nothing. Each entry
-builds the target's :class:`~devserver.clouds.common.Uploader` from the command-line options.
+Every module here imports its cloud SDK inside functions, so importing this package costs nothing. Each uploader
+factory builds the target's :class:`~devserver.clouds.common.Uploader` from the command-line options; it is imported
+only when asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from devserver.clouds import aws, azure, gce, openstack
+from devserver import registry
 from devserver.clouds.common import Uploader, UploadOptions
 
-UPLOADERS: dict[str, Callable[[UploadOptions], Uploader]] = {
-    "gce": gce.from_options,
-    "azure": azure.from_options,
-    "aws": aws.from_options,
-    "openstack": openstack.from_options,
-}
-# The SDK modules each target needs and the extra that installs them (the hint when one is missing).
-SDK_MODULES: dict[str, tuple[str, ...]] = {
-    "gce": ("google.cloud.storage", "google.cloud.compute_v1"),
-    "azure": ("azure.storage.blob", "azure.mgmt.compute", "azure.identity"),
-    "aws": ("boto3",),
-    "openstack": ("openstack",),
-}
+#: target -> the factory of its uploader (imported on access), for every cloud with one.
+UPLOADERS: Mapping[str, Callable[[UploadOptions], Uploader]] = registry.View(
+    lambda cloud: _uploader(cloud), where=lambda cloud: cloud.uploader is not None
+)
+#: target -> the SDK modules its uploader needs; the extra named after the target installs them (the hint when one
+#: is missing).
+SDK_MODULES: Mapping[str, tuple[str, ...]] = registry.View(
+    lambda cloud: cloud.upload_sdk, where=lambda cloud: cloud.uploader is not None
+)
+
+
+def _uploader(cloud: registry.Cloud) -> Callable[[UploadOptions], Uploader]:
+    assert cloud.uploader is not None
+    factory: Callable[[UploadOptions], Uploader] = cloud.uploader.load(f"uploading to {cloud.name}")
+    return factory

@@ -6,41 +6,42 @@ This is the contract between the image builders (which write artifacts) and the 
 * the disk files it lists, by path relative to the folder. ``disks[0]`` is the one the target's upload uses; the
   others are alternatives (AWS: a streamOptimized VMDK beside the raw disk).
 
-Which files each target gets is fixed by :data:`TARGET_FORMATS`. :func:`load_manifest` is the one reader: it turns
-a missing, unreadable or corrupt manifest, or one whose files are missing, into an :class:`ArtifactError` that says
-what is wrong and how to fix it.
+Which files each target gets is its cloud registry entry's ``image_formats`` (:data:`TARGET_FORMATS` reads them).
+:func:`load_manifest` is the one reader: it turns a missing, unreadable or corrupt manifest, or one whose files are
+missing, into an :class:`ArtifactError` that says what is wrong and how to fix it.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from devserver import registry
 from devserver.errors import DevserverError
+from devserver.registry import DiskFormat as DiskFormat
 
-Target = Literal["gce", "azure", "aws", "openstack", "local"]
-DiskFormat = Literal["raw", "qcow2", "vhd-fixed", "vmdk-stream", "gce-tar"]
+
+def _known_target(name: str) -> str:
+    if name not in registry.names():
+        raise ValueError(f"is not an image target; use one of {', '.join(registry.names())}")
+    return name
+
+
+#: The cloud (or local qemu) an image is for: a name in the cloud registry.
+Target = Annotated[str, AfterValidator(_known_target)]
 Firmware = Literal["bios", "uefi"]
 Builder = Literal["chroot", "qemu", "cloud"]
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION: Literal[1] = 1
 
-# target -> (format, file name) in upload order: the first is what `devserver image upload` sends.
-TARGET_FORMATS: dict[str, tuple[tuple[DiskFormat, str], ...]] = {
-    # GCE imports a tar.gz holding one file named disk.raw, written in oldgnu format with sparse files.
-    "gce": (("gce-tar", "disk.raw.tar.gz"),),
-    # Azure takes a fixed VHD (raw data + 512-byte footer), virtual size a whole MiB, as a page blob.
-    "azure": (("vhd-fixed", "disk.vhd"),),
-    # EBS direct API snapshots take raw blocks; VM Import takes a streamOptimized VMDK.
-    "aws": (("raw", "disk.raw"), ("vmdk-stream", "disk.vmdk")),
-    "openstack": (("qcow2", "disk.qcow2"),),
-    "local": (("qcow2", "disk.qcow2"),),
-}
+#: target -> (format, file name) in upload order: the first is what `devserver image upload` sends.
+TARGET_FORMATS: Mapping[str, tuple[tuple[DiskFormat, str], ...]] = registry.View(lambda cloud: cloud.image_formats)
 
 
 class ArtifactError(DevserverError):

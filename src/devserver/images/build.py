@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from devserver import ansible_vars
+from devserver import ansible_vars, registry
 from devserver.errors import DevserverError
 from devserver.images import artifact
 from devserver.images.artifact import Builder, DiskFile, Manifest, Target
@@ -194,8 +194,8 @@ def build(resolved: Resolved, options: BuildOptions, progress: ProgressFn | None
 
 
 def build_in_cloud(resolved: Resolved, target: Target, on_line: Callable[[str], None] | None = None) -> str:
-    """Build the image inside the cloud with Packer's builder for `target` (googlecompute, azure-arm, amazon-ebs,
-    openstack), running the same playbooks; returns the cloud's image ID. Needs Packer >= 1.7 and credentials."""
+    """Build the image inside the cloud with the Packer source of `target`'s registry entry, running the same
+    playbooks; returns the cloud's image ID. Needs Packer >= 1.7 and credentials."""
     from devserver.images import packer
 
     source = packer.source_for(target, "cloud")
@@ -273,10 +273,11 @@ def _scratch() -> Iterator[Path]:
 
 
 def _hyperv_generation(resolved: Resolved, target: Target) -> str | None:
-    """Azure's image generation: the machine's (from the catalog), gen2 when the spec is not for Azure."""
-    if target != "azure":
+    """The image's Hyper-V generation, for targets whose sizes come in generations (Azure): the machine's (from
+    the catalog), gen2 when the spec is for another cloud."""
+    if not registry.get(target).offers("hyperv_generations"):
         return None
-    machine = resolved.machine if resolved.spec.cloud.provider == "azure" else None
+    machine = resolved.machine if resolved.spec.cloud.provider == target else None
     generation = machine.hyperv_generation if machine is not None and machine.hyperv_generation else 2
     return f"V{generation}"
 

@@ -1,17 +1,19 @@
-"""Packer builders: the qemu builder (runs here, with Debian's packer 1.6.6) and the cloud builders (googlecompute,
-azure-arm, amazon-ebs, openstack), all from the templates in ``images/packer/``, all running the same playbooks as the
-chroot builder.
+"""Packer builders: the qemu builder (runs here, with Debian's packer 1.6.6) and the cloud builders (each cloud's
+registry entry names its Packer source), all from the templates in ``images/packer/``, all running the same playbooks
+as the chroot builder.
 
 Contracts:
 
 * :func:`render_vars` is the one place where spec values become Packer variables (``images/packer/variables.pkr.hcl``
-  declares each with its type and validation). It is pure: it writes nothing.
+  declares each with its type and validation); the cloud-specific ones come from the cloud's registry entry
+  (:attr:`devserver.registry.PackerFacts.variables`). It is pure: it writes nothing.
 * :func:`prepare` writes a build's inputs into a work folder: the role variables as JSON (image mode), the build
   playbook (``playbooks/devserver.yml`` then ``playbooks/image.yml``), an SSH key pair for the build user and, for
   qemu, the NoCloud seed that creates that user.
 * :func:`build` runs ``packer build`` on one source and returns what its ``manifest`` post-processor recorded (never
   read from Packer's log). Packer's messages stream to ``on_line``. On SIGINT (KeyboardInterrupt) Packer gets the
-  signal and cleans up; then anything left in its process group (its qemu) is killed, before the exception goes on.
+  signal and cleans up; then anything left in its process group (its qemu) is killed, before the exception goes on
+  (:mod:`devserver.images.packer_process`).
 * Templates are staged into the work folder; ``plugins/plugins.pkr.hcl`` (``required_plugins``) joins them only for
   Packer >= 1.7, which then runs ``packer init``. Packer 1.6.6 rejects that block, and it needs no plugins.
 * Every failure is a :class:`PackerError` that says what went wrong and how to fix it.
@@ -24,66 +26,38 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal, cast, get_args
+from typing import Literal, cast, get_args
 
 import yaml
 
-from devserver import ansible_vars
-from devserver import catalog as catalog_module
+from devserver import ansible_vars, registry
 from devserver.errors import DevserverError
 from devserver.images.artifact import Target
+from devserver.images.packer_process import complaint, failure_reason, run_streaming
 from devserver.plan import Resolved
+from devserver.registry import Cloud
 from devserver.runner import ansible_root
 
-Source = Literal["qemu", "googlecompute", "azure-arm", "amazon-ebs", "openstack"]
-SOURCES: tuple[Source, ...] = get_args(Source)
+#: A Packer source of the templates: ``qemu`` (builds here) or a cloud entry's ``packer.source``.
+Source = str
+QEMU: Source = "qemu"
 Accel = Literal["kvm", "tcg"]
 
-# The builder that makes each target's image in the cloud (`--builder cloud`); `local` has only qemu.
-CLOUD_SOURCES: dict[str, Source] = {
-    "gce": "googlecompute",
-    "azure": "azure-arm",
-    "aws": "amazon-ebs",
-    "openstack": "openstack",
-}
 # Debian's packer 1.6.6 runs the qemu source; the cloud sources use arguments of the current plugins (boot_mode,
 # imds_support, image_guest_os_features), which come with Packer >= 1.7 and `packer init`.
-MIN_VERSION: dict[Source, tuple[int, int, int]] = {
-    "qemu": (1, 6, 0),
-    "googlecompute": (1, 7, 0),
-    "azure-arm": (1, 7, 0),
-    "amazon-ebs": (1, 7, 0),
-    "openstack": (1, 7, 0),
-}
+QEMU_MIN_VERSION = (1, 6, 0)
 PLUGINS_FROM = (1, 7, 0)
-# How long Packer may take to stop its VM and remove its output after SIGINT before its process group is killed.
-INTERRUPT_GRACE_S = 120.0
 
-# The qemu build user, made by the NoCloud seed; GCE and Azure create whichever user Packer names.
+# The qemu build user, made by the NoCloud seed; clouds whose stock images fix no login user (their registry
+# entries list none) create whichever user Packer names.
 BUILD_USER = "packer"
-# Where the user Packer logs in as is fixed by the stock image: AWS AMIs and cPouta's Glance images.
-_AWS_AMIS: dict[str, tuple[str, str, str, str]] = {
-    # os: (AMI name pattern, owner account, login user, root device) [Debian: wiki.debian.org/Cloud/AmazonEC2Image;
-    # Ubuntu: documentation.ubuntu.com/aws/en/latest/aws-how-to/instances/find-ubuntu-images/]
-    "debian-12": ("debian-12-amd64-*", "136693071363", "admin", "/dev/xvda"),
-    "ubuntu-22.04": ("ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*", "099720109477", "ubuntu", "/dev/sda1"),
-    "ubuntu-24.04": (
-        "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*",
-        "099720109477",
-        "ubuntu",
-        "/dev/sda1",
-    ),
-}
-_OPENSTACK_USERS = {"debian-12": "debian", "ubuntu-22.04": "ubuntu", "ubuntu-24.04": "ubuntu"}
 
 OnLine = Callable[[str], None]
 
@@ -155,17 +129,31 @@ def packer_version(packer: str = "packer") -> tuple[int, int, int]:
     return int(match[1]), int(match[2]), int(match[3])
 
 
+def sources() -> tuple[Source, ...]:
+    """Every source the templates define: qemu, then each cloud's."""
+    return (QEMU, *registry.packer_sources())
+
+
 def source_for(target: str, builder: str) -> Source:
     """The Packer source that builds `target` with `builder` ('qemu' or 'cloud')."""
     if builder == "qemu":
-        return "qemu"
-    if builder == "cloud" and target in CLOUD_SOURCES:
-        return CLOUD_SOURCES[target]
+        return QEMU
+    facts = registry.get(target).packer if target in registry.names() else None
+    if builder == "cloud" and facts is not None:
+        return facts.source
+    in_cloud = tuple(cloud.name for cloud in registry.CLOUDS if cloud.packer is not None)
+    qemu_only = tuple(cloud.name for cloud in registry.CLOUDS if cloud.packer is None)
     raise PackerError(
         f"--builder {builder}",
         f"cannot build the {target} target",
-        "use --builder qemu for local images, --builder cloud for gce, azure, aws or openstack",
+        f"use --builder qemu for {registry.spoken(qemu_only)} images, "
+        f"--builder cloud for {registry.spoken(in_cloud, 'or')}",
     )
+
+
+def _cloud_of(source: Source) -> Cloud | None:
+    """The cloud whose Packer source `source` is (None for qemu)."""
+    return next((c for c in registry.CLOUDS if c.packer is not None and c.packer.source == source), None)
 
 
 def render_vars(
@@ -215,24 +203,23 @@ def render_vars(
 
 
 def _build_user(resolved: Resolved, source: Source) -> str:
-    os_name = resolved.spec.os
-    if source == "amazon-ebs":
-        return _AWS_AMIS[os_name][2]
-    if source == "openstack":
-        return _OPENSTACK_USERS[os_name]
-    return BUILD_USER
+    """The user Packer logs in as: the one the source's stock image fixes, else its own build user."""
+    cloud = _cloud_of(source)
+    if cloud is None or cloud.packer is None:
+        return BUILD_USER
+    return cloud.packer.login_users.get(resolved.spec.os, BUILD_USER)
 
 
 def _source_vars(
     resolved: Resolved, source: Source, *, base_disk: Path | None, out_dir: Path, build: PackerBuild, accel: Accel
 ) -> dict[str, object]:
-    spec = resolved.spec
-    cloud = spec.cloud
+    cloud = resolved.spec.cloud
     machine = resolved.machine
-    if source == "qemu":
+    if source == QEMU:
         if base_disk is None:
             raise PackerError("base_disk", "the qemu builder boots a base disk, and none was given", "build a base")
-        cpus, memory_gb = (cloud.cpus, cloud.memory_gb) if cloud.provider == "local" else (2, 4)
+        # A local spec sizes its VM; a cloud spec built under qemu gets a small one.
+        cpus, memory_gb = getattr(cloud, "cpus", 2), getattr(cloud, "memory_gb", 4)
         return {
             "qemu_base_disk": str(base_disk),
             "qemu_accel": accel,
@@ -243,67 +230,14 @@ def _source_vars(
         }
     if machine is None:
         raise PackerError("machine", f"the {source} builder needs a machine type", "add machine.gpu or machine.type")
-    stock = catalog_module.load().clouds[cloud.provider].images[spec.os]
-    if source == "googlecompute" and cloud.provider == "gce":
-        # projects/<project>/global/images/family/<family>
-        parts = stock.split("/")
-        accelerator = ""
-        if machine.accelerator:
-            accelerator = f"projects/{cloud.project}/zones/{cloud.zone}/acceleratorTypes/{machine.accelerator}"
-        return {
-            "gce_project": cloud.project,
-            "gce_zone": cloud.zone,
-            "gce_machine_type": machine.type,
-            "gce_accelerator_type": accelerator,
-            "gce_accelerator_count": machine.gpu_count if machine.accelerator else 0,
-            "gce_source_image_project": parts[1],
-            "gce_source_image_family": parts[-1],
-        }
-    if source == "azure-arm" and cloud.provider == "azure":
-        generation = machine.hyperv_generation or 2
-        publisher, offer, sku, _version = stock.split(":")
-        return {
-            "azure_subscription_id": cloud.subscription_id,
-            "azure_location": cloud.location,
-            "azure_resource_group": cloud.resource_group,
-            "azure_vm_size": machine.type,
-            "azure_image_publisher": publisher,
-            "azure_image_offer": offer,
-            "azure_image_sku": sku if generation == 2 else _gen1_sku(sku),
-            "azure_hyperv_generation": f"V{generation}",
-        }
-    if source == "amazon-ebs" and cloud.provider == "aws":
-        name, owner, _user, root_device = _AWS_AMIS[spec.os]
-        return {
-            "aws_region": cloud.region,
-            "aws_instance_type": machine.type,
-            "aws_subnet_id": cloud.subnet_id or "",
-            "aws_source_ami_name": name,
-            "aws_source_ami_owner": owner,
-            "aws_root_device": root_device,
-            "aws_spot": spec.machine.spot,
-        }
-    if source == "openstack" and cloud.provider == "openstack":
-        return {
-            "openstack_cloud": cloud.cloud,
-            "openstack_region": cloud.region,
-            "openstack_flavor": machine.type,
-            "openstack_source_image": stock,
-            "openstack_floating_ip_network": cloud.external_network,
-        }
-    raise PackerError(
-        "cloud.provider",
-        f"a {cloud.provider} spec cannot be built with the {source} builder",
-        f"use the {CLOUD_SOURCES.get(cloud.provider, 'qemu')} builder for it",
-    )
-
-
-def _gen1_sku(sku: str) -> str:
-    """The Hyper-V generation 1 SKU beside a gen2 one: Debian's ``12-gen2`` → ``12``; Ubuntu 24.04's gen2 ``server``
-    → ``server-gen1`` (Canonical flipped the default with 24.04)."""
-    if sku.endswith("-gen2"):
-        return sku.removesuffix("-gen2")
-    return f"{sku}-gen1"
+    facts = registry.get(cloud.provider).packer
+    if facts is None or facts.source != source:
+        raise PackerError(
+            "cloud.provider",
+            f"a {cloud.provider} spec cannot be built with the {source} builder",
+            f"use the {facts.source if facts else QEMU} builder for it",
+        )
+    return facts.variables(resolved)
 
 
 def prepare(resolved: Resolved, source: Source, workdir: Path, *, target: Target | None = None) -> PackerBuild:
@@ -335,7 +269,7 @@ def prepare(resolved: Resolved, source: Source, workdir: Path, *, target: Target
     _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "devserver-packer-build", "-f", str(key)], "ssh-keygen")
     public = key.with_suffix(".pub").read_text().strip()
     seeds: tuple[Path, ...] = ()
-    if source == "qemu":
+    if source == QEMU:
         seeds = _write_seed(workdir / "seed", user, public)
     return PackerBuild(source, workdir, extravars, playbook, key, public, seeds)
 
@@ -397,9 +331,11 @@ def _var_file(workdir: Path, variables: Mapping[str, object]) -> Path:
 
 
 def _check_version(source: Source, version: tuple[int, int, int], packer: str) -> None:
-    if source not in SOURCES:
-        raise PackerError(f"source {source!r}", "is not a devserver Packer source", f"use one of {', '.join(SOURCES)}")
-    need = MIN_VERSION[source]
+    if source not in sources():
+        raise PackerError(
+            f"source {source!r}", "is not a devserver Packer source", f"use one of {', '.join(sources())}"
+        )
+    need = QEMU_MIN_VERSION if source == QEMU else PLUGINS_FROM
     if version < need:
         raise PackerError(
             packer,
@@ -430,23 +366,9 @@ def validate(source: Source, variables: Mapping[str, object], *, syntax_only: bo
     if proc.returncode != 0:
         raise PackerError(
             f"packer validate ({source})",
-            _complaint(proc.stdout + proc.stderr),
+            complaint(proc.stdout + proc.stderr),
             "correct the value named above (devserver.images.packer.render_vars maps it from the spec)",
         )
-
-
-def _complaint(output: str) -> str:
-    """Packer's error as one line: its 'Error:' headline with the explanation that follows it."""
-    lines = [line.strip() for line in output.splitlines()]
-    for index, line in enumerate(lines):
-        if line.startswith("Error:") or line.startswith("* "):
-            detail = [
-                part
-                for part in lines[index + 1 : index + 12]
-                if part and not part.startswith(("on ", "(source code")) and not part.startswith("Error:")
-            ]
-            return " ".join([line.removeprefix("Error: "), *detail])[:600]
-    return (" ".join(line for line in lines if line) or "no output")[:600]
 
 
 def _init(packer: str, folder: Path, log: Path) -> None:
@@ -490,11 +412,11 @@ def build(
         env = {**os.environ, "PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1", "TMPDIR": packer_tmp}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         try:
-            rc = _run_streaming(argv, workdir, env, log, on_line)
+            rc = run_streaming(argv, workdir, env, log, on_line)
         finally:
             shutil.rmtree(packer_tmp, ignore_errors=True)
     if rc != 0:
-        raise PackerError(f"packer build ({source})", f"failed (exit {rc}){_failure(log)}", "see the log", log)
+        raise PackerError(f"packer build ({source})", f"failed (exit {rc}){failure_reason(log)}", "see the log", log)
     return _read_manifest(manifest, source, version, time.monotonic() - started, log)
 
 
@@ -543,83 +465,6 @@ def build_image(
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _run_streaming(argv: list[str], cwd: Path, env: dict[str, str], log: Path, on_line: OnLine | None) -> int:
-    """Run Packer, relaying its ``ui`` messages, and make sure nothing it started outlives it."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        assert proc.stdout is not None
-        try:
-            for raw in proc.stdout:
-                out.write(raw)
-                out.flush()
-                message = _ui_message(raw)
-                if message is not None and on_line is not None:
-                    on_line(message)
-            return proc.wait()
-        except BaseException:
-            _interrupt(proc, proc.stdout, out)
-            raise
-        finally:
-            _kill_group(proc.pid)
-
-
-def _interrupt(proc: subprocess.Popen[str], stdout: IO[str], out: IO[str]) -> None:
-    """SIGINT to Packer (as a terminal's Ctrl-C would), then let it clean up, still draining what it prints (a full
-    pipe would block it). After INTERRUPT_GRACE_S its whole process group is killed."""
-    if proc.poll() is None:
-        # To the whole group, as a terminal's Ctrl-C does: Packer's plugin processes expect it too.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
-    deadline = threading.Timer(INTERRUPT_GRACE_S, _kill_group, [proc.pid])
-    deadline.start()
-    try:
-        for raw in stdout:
-            out.write(raw)
-        proc.wait()
-    finally:
-        deadline.cancel()
-
-
-def _failure(log: Path) -> str:
-    """': <reason>' from the log: Ansible's last 'fatal:' line, else Packer's 'errored after' line, else ''."""
-    fatal = errored = ""
-    with contextlib.suppress(OSError):
-        for raw in log.read_text(errors="replace").splitlines():
-            message = (_ui_message(raw + "\n") or "").strip()
-            if "fatal: [" in message:
-                fatal = message
-            elif "errored after" in message:
-                errored = message
-    reason = fatal or errored
-    return f": {reason[:500]}" if reason else ""
-
-
-def _ui_message(line: str) -> str | None:
-    """The text of a ``-machine-readable`` ``ui`` line (timestamp,target,ui,say|message|error,TEXT)."""
-    fields = line.rstrip("\n").split(",", 4)
-    if len(fields) == 5 and fields[2] == "ui" and fields[3] in ("say", "message", "error"):
-        text = fields[4].replace("%!(PACKER_COMMA)", ",").replace("\\n", "\n").replace("\\r", "").rstrip()
-        # Packer frames a provisioner's output with lines that are only the build's name ("qemu.devserver:")
-        if re.fullmatch(r"\s*(==> )?[\w-]+\.devserver:", text) or not text:
-            return None
-        return text
-    return None
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def _read_manifest(

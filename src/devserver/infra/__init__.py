@@ -1,4 +1,4 @@
-"""Pulumi components that build a devserver on each cloud, behind one explicit registry.
+"""Pulumi components that build a devserver on each cloud, named by the cloud registry's entries.
 
 Importing this package imports no Pulumi SDK at all: :func:`component_for` imports the one cloud module asked for
 (and with it that cloud's provider SDK, from the cloud's extra), so `devserver --help` and `devserver validate`
@@ -7,49 +7,30 @@ never pay for Pulumi.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+from devserver import registry
+from devserver.registry import MissingExtraError
 
 if TYPE_CHECKING:
     from devserver.infra.common import DevserverComponent
 
+#: The clouds with a stack, in registry order (read when imported; :func:`component_for` reads the registry).
+PROVIDERS: tuple[str, ...] = registry.with_stacks()
 
-class _Entry(NamedTuple):
-    module: str
-    component: str
-    extra: str
-
-
-_REGISTRY: dict[str, _Entry] = {
-    "gce": _Entry("devserver.infra.gce", "GceDevserver", "gce"),
-    "azure": _Entry("devserver.infra.azure", "AzureDevserver", "azure"),
-    "aws": _Entry("devserver.infra.aws", "AwsDevserver", "aws"),
-    "openstack": _Entry("devserver.infra.openstack", "OpenStackDevserver", "openstack"),
-}
-
-PROVIDERS: tuple[str, ...] = tuple(_REGISTRY)
-
-
-class MissingExtraError(ImportError):
-    """The Pulumi SDK for a cloud is not installed; the message names the extra that brings it."""
+__all__ = ["PROVIDERS", "MissingExtraError", "component_for"]
 
 
 def component_for(provider: str) -> type[DevserverComponent]:
-    """The component class for `provider` (gce, azure, aws, openstack).
+    """The component class for `provider` (a cloud with a stack in the registry).
 
     Raises KeyError for a provider without stacks (``local``) and :class:`MissingExtraError`, with the pip command
     to run, when that cloud's Pulumi provider is not installed.
     """
-    if provider not in _REGISTRY:
-        raise KeyError(f"no Pulumi stack for provider {provider!r}; stacks exist for {', '.join(PROVIDERS)}")
-    entry = _REGISTRY[provider]
-    try:
-        module = importlib.import_module(entry.module)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not exc.name.startswith("pulumi"):
-            raise
-        raise MissingExtraError(
-            f"the {provider} stack needs {exc.name}: pip install 'devserver[{entry.extra}]'", name=exc.name
-        ) from exc
-    component: type[DevserverComponent] = getattr(module, entry.component)
+    stacks = registry.with_stacks()
+    if provider not in stacks:
+        raise KeyError(f"no Pulumi stack for provider {provider!r}; stacks exist for {', '.join(stacks)}")
+    entry = registry.get(provider).component
+    assert entry is not None
+    component: type[DevserverComponent] = entry.load(f"the {provider} stack")
     return component

@@ -19,6 +19,7 @@ from devserver.infra.common import (
     exec_kubeconfig,
 )
 from devserver.plan import NodePoolPlan, Resolved
+from devserver.registry.aws import CLUSTER_POLICIES, NODE_POLICIES, attachment_key
 from devserver.spec import AwsCloud
 
 VOLUME_TYPE = "gp3"
@@ -30,12 +31,6 @@ GPU_AMI_TYPE = "AL2023_x86_64_NVIDIA"
 SYSTEM_AMI_TYPE = "AL2023_x86_64_STANDARD"
 # The root device of the AL2023 EKS AMIs.
 EKS_ROOT_DEVICE = "/dev/xvda"
-_CLUSTER_POLICIES = ("arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",)
-_NODE_POLICIES = (
-    "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
-    "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
-    "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
-)
 
 
 def _assume_role_policy(service: str) -> str:
@@ -67,12 +62,12 @@ class AwsDevserver(DevserverComponent):
         vpc_id, subnet_id = self._placement(cloud)
         group = self._security_group(vpc_id)
         key = aws.ec2.KeyPair(
-            f"{name}-key", public_key=self.spec.ssh.public_keys[0], tags=self._tags("key"), opts=self.child()
+            self.names.name("key"), public_key=self.spec.ssh.public_keys[0], tags=self._tags("key"), opts=self.child()
         )
         ami = self._ami()
         instance = self._instance(ami, subnet_id, group, key)
         address = aws.ec2.Eip(
-            f"{name}-ip", domain="vpc", instance=instance.id, tags=self._tags("ip"), opts=self.child()
+            self.names.name("ip"), domain="vpc", instance=instance.id, tags=self._tags("ip"), opts=self.child()
         )
         kubeconfig = self._cluster(cloud, vpc_id) if resolved.node_pools else None
         self.publish(
@@ -123,7 +118,7 @@ class AwsDevserver(DevserverComponent):
     def _security_group(self, vpc_id: pulumi.Input[str]) -> aws.ec2.SecurityGroup:
         families = cidrs_by_family(self.spec.ssh.allowed_cidrs)
         return aws.ec2.SecurityGroup(
-            f"{self.spec.name}-ssh",
+            self.names.name("ssh"),
             vpc_id=vpc_id,
             description=f"SSH to devserver {self.spec.name} from its allowed networks",
             ingress=[
@@ -160,7 +155,7 @@ class AwsDevserver(DevserverComponent):
         spec = self.spec
         spot = spec.machine.spot
         instance = aws.ec2.Instance(
-            f"{spec.name}-vm",
+            self.names.name("vm"),
             ami=ami,
             instance_type=self.machine.type,
             subnet_id=subnet_id,
@@ -194,7 +189,7 @@ class AwsDevserver(DevserverComponent):
         )
         if spec.disks.data is not None:
             volume = aws.ebs.Volume(
-                f"{spec.name}-data",
+                self.names.name("data"),
                 availability_zone=instance.availability_zone,
                 size=spec.disks.data.size_gb,
                 type=VOLUME_TYPE,
@@ -203,7 +198,7 @@ class AwsDevserver(DevserverComponent):
                 opts=self.child(),
             )
             aws.ec2.VolumeAttachment(
-                f"{spec.name}-data",
+                self.names.name("data-attachment"),
                 device_name=DATA_DEVICE,
                 volume_id=volume.id,
                 instance_id=instance.id,
@@ -213,14 +208,14 @@ class AwsDevserver(DevserverComponent):
 
     def _role(self, what: str, service: str, policies: tuple[str, ...]) -> tuple[aws.iam.Role, list[pulumi.Resource]]:
         role = aws.iam.Role(
-            f"{self.spec.name}-{what}",
+            self.names.name(what),
             assume_role_policy=_assume_role_policy(service),
             tags=self._tags(what),
             opts=self.child(),
         )
         attachments: list[pulumi.Resource] = [
             aws.iam.RolePolicyAttachment(
-                f"{self.spec.name}-{what}-{arn.rsplit('/', 1)[-1]}", role=role.name, policy_arn=arn, opts=self.child()
+                self.names.name(attachment_key(what, arn)), role=role.name, policy_arn=arn, opts=self.child()
             )
             for arn in policies
         ]
@@ -235,11 +230,11 @@ class AwsDevserver(DevserverComponent):
             lambda vpc: [aws.ec2.GetSubnetsFilterArgs(name="vpc-id", values=[vpc])]
         )
         subnet_ids = aws.ec2.get_subnets_output(filters=in_vpc, opts=self.invoke_opts()).ids
-        cluster_role, cluster_attachments = self._role("eks-cluster", "eks.amazonaws.com", _CLUSTER_POLICIES)
-        node_role, node_attachments = self._role("eks-node", "ec2.amazonaws.com", _NODE_POLICIES)
+        cluster_role, cluster_attachments = self._role("eks-cluster", "eks.amazonaws.com", CLUSTER_POLICIES)
+        node_role, node_attachments = self._role("eks-node", "ec2.amazonaws.com", NODE_POLICIES)
         ipv4 = cidrs_by_family(spec.ssh.allowed_cidrs).get(4)
         cluster = aws.eks.Cluster(
-            f"{spec.name}-eks",
+            self.names.name("cluster"),
             role_arn=cluster_role.arn,
             version=spec.kubernetes.version,
             vpc_config=aws.eks.ClusterVpcConfigArgs(
@@ -260,7 +255,7 @@ class AwsDevserver(DevserverComponent):
             id=template.id, version=template.latest_version.apply(str)
         )
         aws.eks.NodeGroup(
-            f"{spec.name}-system",
+            self.names.name("system-pool"),
             cluster_name=cluster.name,
             node_role_arn=node_role.arn,
             subnet_ids=subnet_ids,
@@ -290,7 +285,7 @@ class AwsDevserver(DevserverComponent):
         """Launch template for every node group: IMDSv2 only and an encrypted root volume, as on the devserver."""
         tags = self._tags("eks-node")
         return aws.ec2.LaunchTemplate(
-            f"{self.spec.name}-eks-node",
+            self.names.name("node-template"),
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
                 http_endpoint="enabled",
                 http_tokens="required",
@@ -327,7 +322,7 @@ class AwsDevserver(DevserverComponent):
     ) -> None:
         taints = [Taint.parse(text) for text in pool.taints]
         aws.eks.NodeGroup(
-            f"{self.spec.name}-{pool.name}",
+            self.names.name(f"pool-{pool.name}"),
             cluster_name=cluster.name,
             node_role_arn=node_role.arn,
             subnet_ids=subnet_ids,

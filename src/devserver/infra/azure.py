@@ -64,7 +64,7 @@ class AzureDevserver(DevserverComponent):
             )
         )
         group = resources.ResourceGroup(
-            f"{name}-rg",
+            self.names.name("group"),
             resource_group_name=cloud.resource_group,
             location=cloud.location,
             tags=self.labels,
@@ -90,7 +90,7 @@ class AzureDevserver(DevserverComponent):
     ) -> tuple[network.NetworkInterface, network.PublicIPAddress]:
         name = self.spec.name
         vnet = network.VirtualNetwork(
-            f"{name}-vnet",
+            self.names.name("vnet"),
             resource_group_name=group.name,
             location=cloud.location,
             address_space=network.AddressSpaceArgs(address_prefixes=[VNET_CIDR]),
@@ -98,7 +98,7 @@ class AzureDevserver(DevserverComponent):
             opts=self.child(),
         )
         subnet = network.Subnet(
-            f"{name}-subnet",
+            self.names.name("subnet"),
             resource_group_name=group.name,
             virtual_network_name=vnet.name,
             address_prefix=SUBNET_CIDR,
@@ -121,7 +121,7 @@ class AzureDevserver(DevserverComponent):
             for index, (family, cidrs) in enumerate(sorted(cidrs_by_family(self.spec.ssh.allowed_cidrs).items()))
         ]
         nsg = network.NetworkSecurityGroup(
-            f"{name}-nsg",
+            self.names.name("nsg"),
             resource_group_name=group.name,
             location=cloud.location,
             security_rules=rules,
@@ -129,7 +129,7 @@ class AzureDevserver(DevserverComponent):
             opts=self.child(),
         )
         public_ip = network.PublicIPAddress(
-            f"{name}-ip",
+            self.names.name("ip"),
             resource_group_name=group.name,
             location=cloud.location,
             sku=network.PublicIPAddressSkuArgs(name="Standard"),
@@ -138,7 +138,7 @@ class AzureDevserver(DevserverComponent):
             opts=self.child(),
         )
         nic = network.NetworkInterface(
-            f"{name}-nic",
+            self.names.name("nic"),
             resource_group_name=group.name,
             location=cloud.location,
             network_security_group=network.NetworkSecurityGroupArgs(id=nsg.id),
@@ -164,7 +164,7 @@ class AzureDevserver(DevserverComponent):
         data_disks: list[compute.DataDiskArgs] = []
         if spec.disks.data is not None:
             disk = compute.Disk(
-                f"{spec.name}-data",
+                self.names.name("data"),
                 resource_group_name=group.name,
                 location=cloud.location,
                 creation_data=compute.CreationDataArgs(create_option="Empty"),
@@ -191,7 +191,7 @@ class AzureDevserver(DevserverComponent):
             )
         spot = spec.machine.spot
         return compute.VirtualMachine(
-            f"{spec.name}-vm",
+            self.names.name("vm"),
             resource_group_name=group.name,
             location=cloud.location,
             hardware_profile=compute.HardwareProfileArgs(vm_size=self.machine.type),
@@ -240,7 +240,7 @@ class AzureDevserver(DevserverComponent):
         # The API server admits the spec's IPv4 networks only (AKS adds its own egress IP itself).
         ipv4 = cidrs_by_family(spec.ssh.allowed_cidrs).get(4, [])
         cluster = containerservice.ManagedCluster(
-            f"{spec.name}-aks",
+            self.names.name("cluster"),
             resource_group_name=group.name,
             location=cloud.location,
             dns_prefix=spec.name,
@@ -281,7 +281,7 @@ class AzureDevserver(DevserverComponent):
     ) -> None:
         # AKS installs the NVIDIA driver on GPU sizes; the GPU operator then runs with its driver disabled.
         containerservice.AgentPool(
-            f"{self.spec.name}-{pool.name}",
+            self.names.name(f"pool-{pool.name}"),
             resource_group_name=group.name,
             resource_name_=cluster.name,
             agent_pool_name=pool.name,

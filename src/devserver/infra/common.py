@@ -8,7 +8,6 @@ with :func:`export_outputs`. This module imports the Pulumi core SDK but no clou
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -18,9 +17,12 @@ from typing import ClassVar
 import pulumi
 import yaml
 
+from devserver import registry
 from devserver.errors import SpecError
 from devserver.loader import load_spec
 from devserver.plan import MachineChoice, Resolved, resolve
+from devserver.registry.resources import SSH_PORT as SSH_PORT
+from devserver.registry.resources import cidrs_by_family as cidrs_by_family
 from devserver.spec import DevserverSpec
 
 #: Label/tag key every resource carries; its value is the spec's name. The policy pack requires it.
@@ -29,7 +31,6 @@ NAME_LABEL = "devserver"
 #: The policy pack lets a world-open SSH rule through only on resources that carry it.
 ALLOW_WORLD_LABEL = "devserver-allow-world"
 ALLOW_WORLD_MARKER = f"{ALLOW_WORLD_LABEL}=true"
-SSH_PORT = 22
 WORLD_CIDRS = ("0.0.0.0/0", "::/0")
 
 
@@ -64,8 +65,10 @@ class DevserverComponent(pulumi.ComponentResource):
 
     Contract for subclasses: set ``RESOURCE_TYPE``; in ``__init__`` call ``super().__init__`` first, then
     :meth:`use_provider` with the cloud's provider configured from the spec, create every resource with
-    ``opts=self.child()`` (lookups with :meth:`invoke_opts`), and end with :meth:`publish`. A subclass never
-    re-validates the spec: :func:`devserver.plan.resolve` already rejected whatever cannot be built.
+    ``opts=self.child()`` (lookups with :meth:`invoke_opts`), and end with :meth:`publish`. Every resource's name
+    comes from :attr:`names`, the cloud registry entry's plan of what the stack creates (what `devserver plan`
+    shows), never spelled out in the component. A subclass never re-validates the spec:
+    :func:`devserver.plan.resolve` already rejected whatever cannot be built.
     """
 
     RESOURCE_TYPE: ClassVar[str]
@@ -78,6 +81,7 @@ class DevserverComponent(pulumi.ComponentResource):
         self.resolved = resolved
         self.spec: DevserverSpec = resolved.spec
         self.machine: MachineChoice = resolved.machine
+        self.names: registry.ResourcePlan = registry.planned(resolved)
         self.labels: dict[str, str] = labels(resolved.spec)
         self._provider: pulumi.ProviderResource | None = None
 
@@ -113,14 +117,6 @@ def rule_description(spec: DevserverSpec, what: str) -> str:
     it names the devserver and carries the allow-world marker the policy pack reads."""
     text = f"{what} for devserver {spec.name}"
     return f"{text} [{ALLOW_WORLD_MARKER}]" if spec.ssh.allow_world else text
-
-
-def cidrs_by_family(cidrs: Sequence[str]) -> dict[int, list[str]]:
-    """{4: [...], 6: [...]} with only the families present: GCE, Azure and OpenStack rules take one family each."""
-    out: dict[int, list[str]] = {}
-    for cidr in cidrs:
-        out.setdefault(ipaddress.ip_network(cidr).version, []).append(cidr)
-    return out
 
 
 def cloud_init(spec: DevserverSpec) -> str:

@@ -85,7 +85,7 @@ class GceDevserver(DevserverComponent):
         ssh_tag = f"devserver-{name}"
         for family, cidrs in sorted(cidrs_by_family(self.spec.ssh.allowed_cidrs).items()):
             gcp.compute.Firewall(
-                f"{name}-ssh-v{family}",
+                self.names.name(f"ssh-v{family}"),
                 network=network,
                 direction="INGRESS",
                 allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(SSH_PORT)])],
@@ -95,7 +95,7 @@ class GceDevserver(DevserverComponent):
                 opts=self.child(),
             )
         address = gcp.compute.Address(
-            f"{name}-ip", region=cloud.region, address_type="EXTERNAL", labels=self.labels, opts=self.child()
+            self.names.name("ip"), region=cloud.region, address_type="EXTERNAL", labels=self.labels, opts=self.child()
         )
         instance = self._instance(cloud, network, subnetwork, address, ssh_tag)
         kubeconfig = self._cluster(cloud, network, subnetwork) if resolved.node_pools else None
@@ -122,13 +122,13 @@ class GceDevserver(DevserverComponent):
         if cloud.network is not None:
             return cloud.network, None
         network = gcp.compute.Network(
-            f"{self.spec.name}-net",
+            self.names.name("net"),
             auto_create_subnetworks=False,
             description=f"devserver {self.spec.name}",
             opts=self.child(),
         )
         subnetwork = gcp.compute.Subnetwork(
-            f"{self.spec.name}-subnet",
+            self.names.name("subnet"),
             network=network.id,
             region=cloud.region,
             ip_cidr_range=SUBNET_CIDR,
@@ -150,7 +150,7 @@ class GceDevserver(DevserverComponent):
         attached: list[gcp.compute.InstanceAttachedDiskArgs] = []
         if spec.disks.data is not None:
             data = gcp.compute.Disk(
-                f"{spec.name}-data",
+                self.names.name("data"),
                 zone=cloud.zone,
                 size=spec.disks.data.size_gb,
                 type=disk_type(machine.type),
@@ -166,7 +166,7 @@ class GceDevserver(DevserverComponent):
         )
         keys = "\n".join(f"{spec.ssh.admin_user}:{key}" for key in spec.ssh.public_keys)
         return gcp.compute.Instance(
-            f"{spec.name}-vm",
+            self.names.name("vm"),
             zone=cloud.zone,
             machine_type=machine.type,
             guest_accelerators=accelerators,
@@ -221,7 +221,7 @@ class GceDevserver(DevserverComponent):
             cidr_blocks=[gcp.container.ClusterMasterAuthorizedNetworksConfigCidrBlockArgs(cidr_block=c) for c in ipv4]
         )
         cluster = gcp.container.Cluster(
-            f"{spec.name}-gke",
+            self.names.name("cluster"),
             location=cloud.zone,
             network=network,
             subnetwork=subnetwork,
@@ -237,7 +237,7 @@ class GceDevserver(DevserverComponent):
             opts=self.child(),
         )
         gcp.container.NodePool(
-            f"{spec.name}-system",
+            self.names.name("system-pool"),
             cluster=cluster.name,
             location=cloud.zone,
             node_count=1,
@@ -266,7 +266,7 @@ class GceDevserver(DevserverComponent):
     def _gpu_pool(self, cloud: GceCloud, cluster: gcp.container.Cluster, pool: NodePoolPlan) -> None:
         taints = [Taint.parse(text) for text in pool.taints]
         gcp.container.NodePool(
-            f"{self.spec.name}-{pool.name}",
+            self.names.name(f"pool-{pool.name}"),
             cluster=cluster.name,
             location=cloud.zone,
             node_count=pool.node_count,

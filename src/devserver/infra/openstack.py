@@ -46,11 +46,11 @@ class OpenStackDevserver(DevserverComponent):
         )
         tags = [f"{key}={value}" for key, value in self.labels.items()]
         group = openstack.networking.SecGroup(
-            f"{name}-ssh", description=f"SSH to devserver {name}", tags=tags, opts=self.child()
+            self.names.name("ssh"), description=f"SSH to devserver {name}", tags=tags, opts=self.child()
         )
         for index, cidr in enumerate(self.spec.ssh.allowed_cidrs):
             openstack.networking.SecGroupRule(
-                f"{name}-ssh-{index}",
+                self.names.name(f"ssh-{index}"),
                 security_group_id=group.id,
                 direction="ingress",
                 ethertype="IPv6" if ":" in cidr else "IPv4",
@@ -63,15 +63,17 @@ class OpenStackDevserver(DevserverComponent):
             )
         network = openstack.networking.get_network_output(name=cloud.network, opts=self.invoke_opts())
         port = openstack.networking.Port(
-            f"{name}-port",
+            self.names.name("port"),
             network_id=network.id,
             security_group_ids=[group.id],
             tags=tags,
             opts=self.child(),
         )
-        key = openstack.compute.Keypair(f"{name}-key", public_key=self.spec.ssh.public_keys[0], opts=self.child())
+        key = openstack.compute.Keypair(
+            self.names.name("key"), public_key=self.spec.ssh.public_keys[0], opts=self.child()
+        )
         server = openstack.compute.Instance(
-            f"{name}-vm",
+            self.names.name("vm"),
             flavor_name=self.machine.type,
             key_pair=key.name,
             networks=[openstack.compute.InstanceNetworkArgs(port=port.id)],
@@ -91,21 +93,21 @@ class OpenStackDevserver(DevserverComponent):
             opts=self.child(),
         )
         floating_ip = openstack.networking.FloatingIp(
-            f"{name}-ip", pool=cloud.external_network, tags=tags, opts=self.child()
+            self.names.name("ip"), pool=cloud.external_network, tags=tags, opts=self.child()
         )
         openstack.networking.FloatingIpAssociate(
-            f"{name}-ip", floating_ip=floating_ip.address, port_id=port.id, opts=self.child()
+            self.names.name("ip-association"), floating_ip=floating_ip.address, port_id=port.id, opts=self.child()
         )
         if self.spec.disks.data is not None:
             volume = openstack.blockstorage.Volume(
-                f"{name}-data",
+                self.names.name("data"),
                 size=self.spec.disks.data.size_gb,
                 description=f"data volume of devserver {name}",
                 metadata=self.labels,
                 opts=self.child(),
             )
             openstack.compute.VolumeAttach(
-                f"{name}-data", instance_id=server.id, volume_id=volume.id, opts=self.child()
+                self.names.name("data-attachment"), instance_id=server.id, volume_id=volume.id, opts=self.child()
             )
         self.publish(
             DevserverOutputs(

@@ -106,9 +106,9 @@ def _world_sources(resource_type: str, props: Props) -> list[str]:
             found += _world(sources)
     elif resource_type == "azure-native:network:NetworkSecurityGroup":
         for rule in _list(props.get("securityRules")):
-            found += _azure_rule_world(rule)
+            found += _nsg_rule_world(rule)
     elif resource_type == "azure-native:network:SecurityRule":
-        found += _azure_rule_world(props)
+        found += _nsg_rule_world(props)
     elif resource_type == "aws:ec2/securityGroup:SecurityGroup":
         for rule in _list(props.get("ingress")):
             found += _world(_list(rule.get("cidrBlocks")) + _list(rule.get("ipv6CidrBlocks")))
@@ -126,7 +126,8 @@ def _world_sources(resource_type: str, props: Props) -> list[str]:
     return found
 
 
-def _azure_rule_world(rule: Mapping[str, Any]) -> list[str]:
+def _nsg_rule_world(rule: Mapping[str, Any]) -> list[str]:
+    """The world-open prefixes an inbound Allow rule of a network security group admits."""
     if rule.get("direction") != "Inbound" or rule.get("access") != "Allow":
         return []
     return _world([rule.get("sourceAddressPrefix"), *_list(rule.get("sourceAddressPrefixes"))])
