@@ -29,9 +29,6 @@ def user_data_keys(text: str) -> tuple[str, list[str], str]:
     return user["name"], user["ssh_authorized_keys"], user["sudo"]
 
 
-# --- the outputs contract -------------------------------------------------------------------------------------------
-
-
 def test_outputs_contract_is_identical_on_every_cloud(examples: dict[str, StackRun]) -> None:
     names = {cloud: set(run.outputs) - {"kubeconfig"} for cloud, run in examples.items()}
     assert all(found == set(OUTPUT_NAMES) for found in names.values()), names
@@ -62,9 +59,6 @@ def test_every_resource_uses_the_provider_configured_from_the_spec(examples: dic
     azure = examples["azure"].one("pulumi:providers:azure-native").inputs
     assert azure["subscriptionId"] == "00000000-0000-0000-0000-000000000000"
     assert examples["openstack"].one("pulumi:providers:openstack").inputs["cloud"] == "pouta"
-
-
-# --- GCE ------------------------------------------------------------------------------------------------------------
 
 
 def test_gce_n1_with_attached_t4(examples: dict[str, StackRun]) -> None:
@@ -145,9 +139,6 @@ def test_gce_spot_gpu_machine_type_and_gke_pools(fixture_runs: dict[str, StackRu
     assert kubeconfig["users"][0]["user"]["exec"]["command"] == "gke-gcloud-auth-plugin"
 
 
-# --- Azure ----------------------------------------------------------------------------------------------------------
-
-
 def test_azure_a100_vm(examples: dict[str, StackRun]) -> None:
     run, plan = examples["azure"], resolved(EXAMPLES / "azure.yaml")
     assert plan.machine is not None
@@ -210,9 +201,6 @@ def test_azure_spot_trusted_launch_and_aks_pool(fixture_runs: dict[str, StackRun
     assert run.secret_outputs == {"kubeconfig"}
 
 
-# --- AWS ------------------------------------------------------------------------------------------------------------
-
-
 def test_aws_g6_spot_instance_and_eks(examples: dict[str, StackRun]) -> None:
     run, plan = examples["aws"], resolved(EXAMPLES / "aws.yaml")
     vm = run.one("aws:ec2/instance:Instance").inputs
@@ -272,9 +260,6 @@ def test_aws_given_subnet_and_ami(fixture_runs: dict[str, StackRun]) -> None:
     assert "kubeconfig" not in run.outputs
 
 
-# --- OpenStack ------------------------------------------------------------------------------------------------------
-
-
 def test_openstack_p100_server(examples: dict[str, StackRun]) -> None:
     run, plan = examples["openstack"], resolved(EXAMPLES / "openstack.yaml")
     server = run.one("openstack:compute/instance:Instance").inputs
@@ -303,9 +288,6 @@ def test_openstack_p100_server(examples: dict[str, StackRun]) -> None:
     assert (attach["instanceId"], attach["volumeId"]) == ("ml-dev-pouta-vm-id", "ml-dev-pouta-data-id")
     assert run.call("openstack:networking/getNetwork:getNetwork").args["name"] == "project_2001234"
     assert run.one("openstack:networking/port:Port").inputs["networkId"] == "net-0001"
-
-
-# --- specs that never reach the cloud ---------------------------------------------------------------------------------
 
 
 def test_catalog_rejection_stops_before_any_resource_with_the_plan_message() -> None:

@@ -180,6 +180,10 @@ class View(Mapping[str, Any]):
             raise KeyError(name)
         return self._fact(cloud)
 
+    def __contains__(self, name: object) -> bool:
+        # Membership without computing the fact (which may import a cloud's module).
+        return any(cloud.name == name and self._where(cloud) for cloud in CLOUDS)
+
     def __iter__(self) -> Iterator[str]:
         return iter([cloud.name for cloud in CLOUDS if self._where(cloud)])
 
