@@ -87,7 +87,20 @@ def role_vars(resolved: Resolved, *, image_mode: bool = False, data_device: str 
         "container_runtime_docker_data_root": f"{data.mount_point}/docker" if data and use_data_root else "",
         "container_runtime_docker_users": [spec.ssh.admin_user] if docker else [],
         "container_runtime_image_mode": image_mode,
+        # gpu_verify
+        "gpu_verify_image_mode": image_mode,
+        "gpu_verify_engines": software.container_runtime,
+        "gpu_verify_container_image": software.gpu_check_image,
+        "gpu_verify_nvcc": nvcc_path(resolved) if resolved.cuda is not None else "",
     }
+
+
+def nvcc_path(resolved: Resolved) -> str:
+    """Where the spec's CUDA toolkit puts nvcc: /usr/local/cuda-X.Y from NVIDIA's repository, /usr/bin from the
+    distribution's."""
+    if resolved.spec.software.driver.source == "cuda-repo":
+        return f"/usr/local/cuda-{resolved.cuda}/bin/nvcc"
+    return "/usr/bin/nvcc"
 
 
 def image_role_vars(resolved: Resolved, target: Target, *, build_users: Sequence[str] = ()) -> dict[str, object]:
@@ -100,9 +113,7 @@ def image_role_vars(resolved: Resolved, target: Target, *, build_users: Sequence
     """
     want = expected(resolved)
     cuda = want.cuda or ""
-    nvcc = (
-        f"/usr/local/cuda-{cuda}/bin/nvcc" if resolved.spec.software.driver.source == "cuda-repo" else "/usr/bin/nvcc"
-    )
+    nvcc = nvcc_path(resolved)
     return {
         # cloud_guest
         "cloud_guest_target": target,

@@ -21,6 +21,8 @@ from devserver.hosts import Host
 
 # The task the nvidia_driver role runs (a debug message) only when a new driver needs a reboot to load.
 REBOOT_TASK = "nvidia_driver : reboot required"
+# gpu_verify's last task: its message ("passed: …" or "skipped: no GPU"…) is the host's GPU check in the summary.
+GPU_CHECK_TASK = "gpu_verify : GPU check result"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class HostStats:
     unreachable: int = 0
     skipped: int = 0
     reboot_required: bool = False
+    gpu_check: str = ""  # gpu_verify's result; "" when it did not run (e.g. --only another role)
 
 
 @dataclass
@@ -183,6 +186,8 @@ def run(
                 summary.failures.append(outcome)
             if outcome.task == REBOOT_TASK and outcome.status in ("ok", "changed"):
                 stats.reboot_required = True
+            if outcome.task == GPU_CHECK_TASK and outcome.status == "ok":
+                stats.gpu_check = outcome.message
             if on_event is not None:
                 on_event(outcome)
         return True  # keep ansible-runner's own artifact record of the event

@@ -227,6 +227,11 @@ class Software(_Model):
     container_runtime: Literal["docker", "containerd", "both", "none"] = "both"
     default_runtime_nvidia: bool = Field(default=False, description="Make nvidia the default container runtime.")
     reboot: bool = Field(default=False, description="Let `devserver update` reboot a host when the driver needs it.")
+    gpu_check_image: str = Field(
+        default="docker.io/library/ubuntu:24.04",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$",
+        description="Image of the GPU-in-a-container check that ends `devserver update` (a mirror can serve it).",
+    )
 
 
 class Repositories(_Model):

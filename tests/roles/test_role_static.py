@@ -20,7 +20,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 ROLES_DIR = REPO / "roles"
 PLAYBOOK = REPO / "playbooks" / "devserver.yml"
-ROLES = ("devserver_base", "data_volume", "nvidia_driver", "cuda_toolkit", "container_runtime")
+ROLES = ("devserver_base", "data_volume", "nvidia_driver", "cuda_toolkit", "container_runtime", "gpu_verify")
 
 # argument_specs type → the Python types a default of that type may have
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "bool": (bool,), "int": (int,), "list": (list,), "dict": (dict,)}
@@ -82,7 +82,7 @@ def _defined_names(role: Path) -> dict[str, str]:
     return names
 
 
-def test_the_playbook_applies_the_five_roles_in_order_with_their_tags() -> None:
+def test_the_playbook_applies_the_six_roles_in_order_with_their_tags() -> None:
     (play,) = _load(PLAYBOOK)
     assert [entry["role"] for entry in play["roles"]] == list(ROLES)
     assert all(entry["tags"] == [entry["role"]] for entry in play["roles"])
@@ -150,6 +150,20 @@ def test_the_reboot_task_has_the_name_the_runner_reads() -> None:
     matching = [task for task in tasks if task.get("name", "").split(" # ")[0] == name]
     assert len(matching) == 1, f"{role}/tasks/configure.yml needs exactly one task named {name!r}"
     assert set(matching[0]) - {"_gated"} <= {"name", "ansible.builtin.debug", "when"}
+
+
+def test_the_gpu_check_task_has_the_name_the_runner_reads() -> None:
+    """devserver.runner.GPU_CHECK_TASK is "gpu_verify : GPU check result": one task of that name, a report (debug)
+    that is never skipped, so that every update's summary says whether the GPU was checked."""
+    from devserver.runner import GPU_CHECK_TASK
+
+    role, _, name = GPU_CHECK_TASK.partition(" : ")
+    tasks = _tasks(_load(ROLES_DIR / role / "tasks/configure.yml"))
+    matching = [task for task in tasks if task.get("name") == name]
+    assert len(matching) == 1, f"{role}/tasks/configure.yml needs exactly one task named {name!r}"
+    assert set(matching[0]) - {"_gated"} == {"name", "ansible.builtin.debug"}
+    assert matching[0]["_gated"] is False
+    assert "skipped: " in matching[0]["ansible.builtin.debug"]["msg"]
 
 
 def test_fully_qualified_module_names() -> None:

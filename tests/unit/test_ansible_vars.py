@@ -18,7 +18,7 @@ from devserver.spec import DevserverSpec
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES_DIR = REPO / "roles"
-ROLES = ("devserver_base", "data_volume", "nvidia_driver", "cuda_toolkit", "container_runtime")
+ROLES = ("devserver_base", "data_volume", "nvidia_driver", "cuda_toolkit", "container_runtime", "gpu_verify")
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 DOCKER_REPO = "https://download.docker.com/linux"
 
@@ -112,6 +112,18 @@ def test_every_variable_is_a_declared_role_variable_of_its_type(example: Path) -
         assert not result.error_messages, f"{role}: {result.error_messages}"
         # what Ansible would pass on is exactly what we gave (no coercion hid a wrong type)
         assert {name: result.validated_parameters[name] for name in given} == given
+
+
+def test_gpu_verify_checks_what_the_other_roles_install() -> None:
+    resolved = plan.resolve(loader.load_builtin_local())
+    variables = role_vars(resolved)
+    assert variables["gpu_verify_image_mode"] is False
+    assert variables["gpu_verify_engines"] == "both"
+    assert variables["gpu_verify_container_image"] == "docker.io/library/ubuntu:24.04"
+    assert variables["gpu_verify_nvcc"] == "/usr/bin/nvcc"  # Debian's nvidia-cuda-toolkit
+    assert role_vars(resolved, image_mode=True)["gpu_verify_image_mode"] is True
+    no_cuda = _resolved(EXAMPLES[0], software={"cuda": {"install": False}})
+    assert role_vars(no_cuda)["gpu_verify_nvcc"] == ""
 
 
 def test_local_default_spec_maps_to_debian_distro_535_cuda_11_8() -> None:

@@ -108,7 +108,7 @@ def render_summary(summary: RunSummary, check: bool, json_out: bool) -> None:
         write_json(payload)
         return
     table = Table(title="Summary" + (" (check mode)" if check else ""), title_justify="left")
-    for column in ("host", "ok", "changed", "failed", "unreachable", "skipped", "reboot"):
+    for column in ("host", "ok", "changed", "failed", "unreachable", "skipped", "reboot", "gpu check"):
         table.add_column(column)
     for host, stats in sorted(summary.hosts.items()):
         table.add_row(
@@ -119,6 +119,7 @@ def render_summary(summary: RunSummary, check: bool, json_out: bool) -> None:
             str(stats.unreachable),
             str(stats.skipped),
             "required" if stats.reboot_required else "no",
+            stats.gpu_check or "not run",
         )
     out().print(table)
     if reboot:
