@@ -19,7 +19,8 @@ from devserver.hoststate.probe import run_local
 
 pytestmark = pytest.mark.gpu
 
-HERE = Path(__file__).parent
+# gpu_verify's own program: the tier and the role check the same thing (the bundle keeps that path)
+VADD = Path(__file__).resolve().parents[2] / "roles" / "gpu_verify" / "files" / "vadd.cu"
 # where NVIDIA's tools are when not on PATH (the probe looks there too)
 TOOL_PATH = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/local/nvidia/bin:/usr/local/cuda/bin"
 
@@ -98,7 +99,7 @@ def test_verify_cuda_program(results: Path, tmp_path: Path) -> None:
         pytest.skip("no nvcc (no CUDA toolkit installed)")
     binary = tmp_path / "vadd"
     build = subprocess.run(
-        [nvcc, "-o", str(binary), str(HERE / "vadd.cu")], capture_output=True, text=True, timeout=300, check=False
+        [nvcc, "-o", str(binary), str(VADD)], capture_output=True, text=True, timeout=300, check=False
     )
     _save(results, "nvcc.txt", build.stdout + build.stderr)
     assert build.returncode == 0, build.stderr
