@@ -82,6 +82,8 @@ def test_update_converges_then_is_idempotent(
     assert rc == 0, json.dumps(first["failures"], indent=1)[-6000:]
     assert first["hosts"][host.address]["changed"] > 0
     assert first["reboot_required"] == [host.address]  # a new driver on a running host needs a reboot
+    # the test host has no GPU: gpu_verify says so, and that is not a pass
+    assert first["hosts"][host.address]["gpu_check"] == "skipped: no GPU"
 
     # The real driver, built by DKMS for the host's installed kernel.
     kernel = host.ssh("dpkg-query -W -f='${Package}\\n' 'linux-image-[0-9]*' | sed 's/^linux-image-//'").stdout
