@@ -1,7 +1,8 @@
 # Inputs of the devserver image templates. devserver.images.packer.render_vars() derives every value from the spec;
-# the defaults only serve `packer validate` and a person running Packer by hand.
+# the defaults only serve `packer validate` and a person running Packer by hand. They build the built-in spec's OS
+# (Debian 12) from each cloud's stock image: tests/unit/test_pins_agree.py checks them against render_vars().
 
-# --- every source ---------------------------------------------------------------------------------------------
+# Every source.
 
 variable "image_name" {
   type        = string
@@ -55,7 +56,7 @@ variable "ssh_private_key_file" {
   default     = ""
 }
 
-# --- the playbooks ----------------------------------------------------------------------------------------------
+# The playbooks Packer runs.
 
 variable "ansible_playbook" {
   type        = string
@@ -99,7 +100,7 @@ variable "manifest_file" {
   default     = "packer-manifest.json"
 }
 
-# --- qemu -------------------------------------------------------------------------------------------------------
+# The qemu source.
 
 variable "qemu_base_disk" {
   type        = string
@@ -169,7 +170,7 @@ variable "ssh_timeout" {
   default     = "15m"
 }
 
-# --- googlecompute ----------------------------------------------------------------------------------------------
+# The googlecompute source.
 
 variable "gce_project" {
   type    = string
@@ -211,7 +212,7 @@ variable "gce_source_image_project" {
   default = "debian-cloud"
 }
 
-# --- azure-arm --------------------------------------------------------------------------------------------------
+# The azure-arm source.
 
 variable "azure_subscription_id" {
   type    = string
@@ -274,7 +275,7 @@ variable "azure_gallery_image_version" {
   }
 }
 
-# --- amazon-ebs -------------------------------------------------------------------------------------------------
+# The amazon-ebs source.
 
 variable "aws_region" {
   type    = string
@@ -322,7 +323,7 @@ variable "aws_spot" {
   default     = false
 }
 
-# --- openstack --------------------------------------------------------------------------------------------------
+# The openstack source.
 
 variable "openstack_cloud" {
   type        = string

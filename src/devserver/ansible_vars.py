@@ -17,9 +17,6 @@ from devserver.hoststate.expected import expected
 from devserver.images.artifact import Target
 from devserver.plan import Resolved
 
-# Ubuntu's security pocket lives on its own host; a site with its own mirror serves every pocket from that mirror.
-UBUNTU_SECURITY_MIRROR = "http://security.ubuntu.com/ubuntu"
-
 
 def role_vars(resolved: Resolved, *, image_mode: bool = False, data_device: str | None = None) -> dict[str, object]:
     """Role variables for `resolved`.
@@ -53,7 +50,7 @@ def role_vars(resolved: Resolved, *, image_mode: bool = False, data_device: str 
         "devserver_base_debian_security_mirror": repos.debian_security_mirror,
         "devserver_base_ubuntu_mirror": repos.ubuntu_mirror,
         "devserver_base_ubuntu_security_mirror": (
-            UBUNTU_SECURITY_MIRROR if repos.ubuntu_mirror == versions.UBUNTU_MIRROR else repos.ubuntu_mirror
+            versions.UBUNTU_SECURITY_MIRROR if repos.ubuntu_mirror == versions.UBUNTU_MIRROR else repos.ubuntu_mirror
         ),
         "devserver_base_image_mode": image_mode,
         # data_volume

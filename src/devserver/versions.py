@@ -1,7 +1,8 @@
 """Pinned versions and default package sources: the one place each is set.
 
 The spec's defaults come from here; a spec may override any of them. Bump a pin here and everything that reads it
-(roles, stacks, image builds) follows, and the image inputs hash changes.
+(roles, stacks, image builds) follows, and the image inputs hash changes. The roles' own defaults (which must stand
+alone, without devserver) repeat some of these values; tests/unit/test_pins_agree.py fails when a copy differs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ CUDA_REPO_DRIVER_BRANCH = 580
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
+# Ubuntu's security pocket lives on its own host; a site with its own mirror serves every pocket from that mirror.
+UBUNTU_SECURITY_MIRROR = "http://security.ubuntu.com/ubuntu"
 # NVIDIA's CUDA repository root; the role appends <distro>/x86_64/ (e.g. debian12, ubuntu2404)
 CUDA_REPO = "https://developer.download.nvidia.com/compute/cuda/repos"
 # NVIDIA's CUDA repository signing key file, relative to <CUDA_REPO>/<distro>/x86_64/ (in use since April 2022)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devserver import loader, plan
+from devserver import loader, plan, versions
 from devserver.ansible_vars import image_role_vars
 from devserver.images import chroot
 from devserver.images.artifact import TARGET_FORMATS
@@ -57,7 +57,7 @@ def failed_task(summary: chroot.RunSummary) -> str:
     return summary.failures[0].task
 
 
-# --- static --------------------------------------------------------------------------------------------------------
+# Static.
 
 
 @pytest.mark.parametrize("role", IMAGE_ROLES)
@@ -110,7 +110,7 @@ def test_image_role_vars_are_declared_by_the_image_roles(example: Path, target: 
     assert values["image_generalize_build_users"] == values["image_validate_build_users"] == ["packer"]
 
 
-# --- on a real tree ---------------------------------------------------------------------------------------------
+# On a real tree.
 
 
 def seed_leftovers(root: Path) -> None:
@@ -266,7 +266,7 @@ def test_validate_fails_each_kind_of_leftover_and_missing_component(rootfs: Path
         "image_validate : Assert DKMS built the NVIDIA module for every kernel": {"image_validate_driver_branch": 535},
         "image_validate : Assert nvcc is the spec's CUDA": {"image_validate_cuda_version": "11.8"},
         "image_validate : Assert the container toolkit is the spec's version": {
-            "image_validate_container_toolkit_version": "1.17.8"
+            "image_validate_container_toolkit_version": versions.CONTAINER_TOOLKIT
         },
         "image_validate : Assert Docker and containerd are there as the spec says": {"image_validate_docker": True},
     }

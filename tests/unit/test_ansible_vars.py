@@ -94,7 +94,7 @@ def _role(resolved: plan.Resolved, role: str, **kwargs: Any) -> _Vars:
     return _Vars(role, resolved.spec.os, role_vars(resolved, **kwargs))
 
 
-# --- the mapping against the roles' interfaces ----------------------------------------------------------------------
+# The mapping against the roles' interfaces.
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
@@ -210,7 +210,7 @@ def test_no_cuda_means_no_toolkit() -> None:
     assert variables["cuda_toolkit_install"] is False
 
 
-# --- what the roles install for each OS ------------------------------------------------------------------------------
+# What the roles install for each OS.
 
 
 @pytest.mark.parametrize(

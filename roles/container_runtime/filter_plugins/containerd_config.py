@@ -112,7 +112,7 @@ def containerd_nvidia_dropin(text: str, binary: str, default_runtime: bool = Fal
     return prefix + body
 
 
-# --- a TOML writer for what tomllib returns (tables, arrays, strings, numbers, booleans, dates) -------------------
+# A TOML writer for what tomllib returns (tables, arrays, strings, numbers, booleans, dates)
 
 
 def _key(name: str) -> str:

@@ -34,7 +34,7 @@ from devserver.infra.common import ALLOW_WORLD_LABEL, ALLOW_WORLD_MARKER, NAME_L
 
 Props = Mapping[str, Any]
 
-# --- helpers --------------------------------------------------------------------------------------------------------
+# Helpers.
 
 
 def _is_world(prefix: object) -> bool:
@@ -92,7 +92,7 @@ def _get(props: Props, *path: str) -> object:
     return value
 
 
-# --- no world-open ingress ----------------------------------------------------------------------------------------
+# No world-open ingress.
 
 
 def _world_sources(resource_type: str, props: Props) -> list[str]:
@@ -144,7 +144,7 @@ def no_world_ingress(args: ResourceValidationArgs, report_violation: ReportViola
         )
 
 
-# --- disks encrypted ----------------------------------------------------------------------------------------------
+# Disks encrypted.
 
 
 def _unencrypted_disks(resource_type: str, props: Props) -> list[str]:
@@ -187,7 +187,7 @@ def disks_encrypted(args: ResourceValidationArgs, report_violation: ReportViolat
         report_violation(f"{args.name}: not encrypted: {', '.join(bad)}", None)
 
 
-# --- GCE GPU VMs terminate on maintenance ---------------------------------------------------------------------------
+# GCE GPU VMs terminate on maintenance.
 
 
 def _gce_gpu_machine(machine_type: object) -> bool:
@@ -208,7 +208,7 @@ def gce_gpu_terminate(args: ResourceValidationArgs, report_violation: ReportViol
         report_violation(f"{args.name} has GPUs but does not set scheduling.onHostMaintenance = TERMINATE", None)
 
 
-# --- AWS IMDSv2 ---------------------------------------------------------------------------------------------------
+# AWS IMDSv2.
 
 
 def aws_imdsv2(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
@@ -219,7 +219,7 @@ def aws_imdsv2(args: ResourceValidationArgs, report_violation: ReportViolation) 
         report_violation(f"{args.name} allows IMDSv1: set metadata_options.http_tokens = 'required'", None)
 
 
-# --- required labels ----------------------------------------------------------------------------------------------
+# Required labels.
 
 #: Where each labelled resource type keeps its labels/tags (a mapping, or an OpenStack list of 'key=value').
 LABEL_PATHS: Mapping[str, tuple[str, ...]] = {
@@ -281,7 +281,7 @@ def required_labels(args: ResourceValidationArgs, report_violation: ReportViolat
         report_violation(f"{args.name} lacks the '{NAME_LABEL}' label/tag in {'.'.join(path)}", None)
 
 
-# --- the pack's contents ------------------------------------------------------------------------------------------
+# The pack's contents.
 
 Validate = Callable[[ResourceValidationArgs, ReportViolation], None]
 
