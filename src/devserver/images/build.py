@@ -8,6 +8,10 @@ The chroot builder runs in two stages so that one spec serves every target cheap
 2. **finish** — ``playbooks/image.yml`` for the target (cloud_guest → image_generalize → image_validate) on a copy of
    the provisioned tree, then the disk and its formats.
 
+The qemu builder has Packer run both playbooks on a booted base disk instead. From a finished raw disk on, both local
+builders share one step, :func:`_finish_artifact`: the components image_validate left in the image (read from the
+disk), the target's formats, ``spec.yaml`` and ``manifest.json``, the artifact folder.
+
 Contracts:
 
 * :func:`inputs_hash` is a sha256 over everything that decides the artifact's bytes: the base recipe and mirrors,
@@ -175,22 +179,13 @@ def build(resolved: Resolved, options: BuildOptions, progress: ProgressFn | None
             _provisioned_tree(resolved, options.cache_dir, rootfs, work, report, timings)
         with _phase(timings, "finish", report, f"playbooks/image.yml for {options.target}"):
             _run(rootfs, "image.yml", finish_vars(resolved, options.target), "finish", report, work)
-            components = _components(rootfs)
-        from devserver.images import disk, formats
+        from devserver.images import disk
 
-        staging = work / "artifact"
-        staging.mkdir()
         with _phase(timings, "disk", report, "GPT disk, BIOS + UEFI boot, ext4 root"):
             raw = work / "disk.raw"
             layout = disk.assemble(rootfs, raw)
             shutil.rmtree(rootfs)  # the disk holds it now; frees the space before the formats are written
-        with _phase(timings, "formats", report, ", ".join(f for f, _ in artifact.TARGET_FORMATS[options.target])):
-            files: list[DiskFile] = formats.write_formats(raw, options.target, staging)
-        manifest = _write_artifact(resolved, options, key, staging, files, layout.firmware, components, timings)
-        if folder.exists():
-            shutil.rmtree(folder)  # an older, incomplete or forced-over build of the same inputs
-        staging.rename(folder)
-    return BuildResult(folder, manifest, skipped=False, timings=manifest.timings)
+        return _finish_artifact(resolved, options, key, folder, work, raw, layout.firmware, "finish", timings, report)
 
 
 def build_in_cloud(resolved: Resolved, target: Target, on_line: Callable[[str], None] | None = None) -> str:
@@ -209,7 +204,7 @@ def _build_with_packer(
     resolved: Resolved, options: BuildOptions, key: str, folder: Path, report: ProgressFn
 ) -> BuildResult:
     """The qemu builder: Packer boots the base disk (KVM where it works) and runs the playbooks over SSH."""
-    from devserver.images import base, disk, formats, packer, qemu
+    from devserver.images import base, disk, packer, qemu
 
     options.out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -233,16 +228,7 @@ def _build_with_packer(
         raw = work / "disk.raw"
         _qemu_img("convert", "-O", "raw", str(result.files[0]), str(raw))
         shutil.rmtree(work / "packer-out")
-        components = _components_on_disk(raw, disk.ROOT_START)
-        staging = work / "artifact"
-        staging.mkdir()
-        with _phase(timings, "formats", report, ", ".join(f for f, _ in artifact.TARGET_FORMATS[options.target])):
-            files = formats.write_formats(raw, options.target, staging)
-        manifest = _write_artifact(resolved, options, key, staging, files, ("bios", "uefi"), components, timings)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    return BuildResult(folder, manifest, skipped=False, timings=manifest.timings)
+        return _finish_artifact(resolved, options, key, folder, work, raw, ("bios", "uefi"), "packer", timings, report)
 
 
 def _qemu_img(*args: str) -> None:
@@ -251,8 +237,10 @@ def _qemu_img(*args: str) -> None:
         raise BuildError("disk", f"qemu-img {args[0]} failed: {proc.stderr.strip()[-400:]}")
 
 
-def _components_on_disk(raw: Path, root_offset: int) -> dict[str, str]:
-    """image_validate's components file, read from the ext4 root inside `raw` with debugfs (no mount, no loop)."""
+def _components_on_disk(raw: Path, root_offset: int, phase: str) -> dict[str, str]:
+    """image_validate's components file, read from the ext4 root inside `raw` with debugfs (no mount, no loop;
+    e2fsprogs, which makes the root, ships it). A missing or unreadable file fails `phase`, the one that ran
+    image.yml."""
     proc = subprocess.run(
         ["debugfs", "-R", f"cat /{COMPONENTS_FILE}", f"{raw}?offset={root_offset}"],
         capture_output=True, text=True, check=False,
@@ -260,7 +248,7 @@ def _components_on_disk(raw: Path, root_offset: int) -> dict[str, str]:
     try:
         data = json.loads(proc.stdout)
     except ValueError:
-        raise BuildError("packer", f"the image holds no readable /{COMPONENTS_FILE}: {proc.stderr.strip()}") from None
+        raise BuildError(phase, f"the image holds no readable /{COMPONENTS_FILE}: {proc.stderr.strip()}") from None
     return {str(k): str(v) for k, v in data.items()}
 
 
@@ -280,6 +268,40 @@ def _hyperv_generation(resolved: Resolved, target: Target) -> str | None:
     machine = resolved.machine if resolved.spec.cloud.provider == target else None
     generation = machine.hyperv_generation if machine is not None and machine.hyperv_generation else 2
     return f"V{generation}"
+
+
+def _finish_artifact(
+    resolved: Resolved,
+    options: BuildOptions,
+    key: str,
+    folder: Path,
+    work: Path,
+    raw: Path,
+    firmware: tuple[str, ...],
+    validated_in: str,
+    timings: dict[str, float],
+    report: ProgressFn,
+) -> BuildResult:
+    """The end of every local build, whichever builder provisioned and validated the disk: the versions
+    image_validate left in the image, read from the finished raw disk `raw`; the target's formats of that disk (the
+    "formats" phase); the spec and manifest beside them in a staging folder inside `work`; then that folder renamed
+    to `folder`, replacing an older, incomplete or forced-over build of the same inputs.
+
+    `firmware`: the boot modes the disk carries; `validated_in`: the phase that ran image.yml, named by the error
+    when the image holds no components file; `timings`: the phases so far, recorded in the manifest with this one.
+    """
+    from devserver.images import disk, formats
+
+    components = _components_on_disk(raw, disk.ROOT_START, validated_in)
+    staging = work / "artifact"
+    staging.mkdir()
+    with _phase(timings, "formats", report, ", ".join(f for f, _ in artifact.TARGET_FORMATS[options.target])):
+        files: list[DiskFile] = formats.write_formats(raw, options.target, staging)
+    manifest = _write_artifact(resolved, options, key, staging, files, firmware, components, timings)
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return BuildResult(folder, manifest, skipped=False, timings=manifest.timings)
 
 
 def _write_artifact(
@@ -396,13 +418,3 @@ def _run(rootfs: Path, playbook: str, extravars: dict[str, object], phase: str, 
         first = summary.failures[0] if summary.failures else None
         detail = f"task '{first.task}' failed: {first.message}" if first else f"ansible status {summary.status}"
         raise BuildError(phase, f"{playbook}: {detail}", log)
-
-
-def _components(rootfs: Path) -> dict[str, str]:
-    """The versions image_validate read from the image."""
-    path = rootfs / COMPONENTS_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BuildError("finish", f"image_validate left no readable {COMPONENTS_FILE}: {exc}") from None
-    return {str(k): str(v) for k, v in data.items()}
