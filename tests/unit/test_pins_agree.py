@@ -4,14 +4,15 @@ The sources: ``src/devserver/versions.py`` (versions, repositories, key fingerpr
 of ``src/devserver/data/catalog.yaml`` (what each OS archive ships). The copies that must exist: the roles' defaults
 (a role runs without devserver, so its defaults stand alone; ``meta/argument_specs.yml`` equals them, checked in
 tests/roles/test_role_static.py), the default columns of the roles' READMEs, the roles' per-distribution facts
-(``vars/<family>.yml``) and the Packer variables' defaults (what ``packer validate`` and a person running Packer by
-hand get). Each test names the copy that differs and the source it must follow.
+(``vars/<family>.yml``), the Packer variables' defaults (what ``packer validate`` and a person running Packer by
+hand get) and the facts the docs state in prose. Each test names the copy that differs and the source it must follow.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,49 @@ def test_packer_defaults_start_from_the_debian_12_stock_image(cloud: str, tmp_pa
 
 def test_the_qemu_build_user_default_is_the_seeds_user() -> None:
     assert _packer_defaults()["build_user"] == packer.BUILD_USER
+
+
+def _os(name: str) -> catalog.OsFacts:
+    return catalog.load().os[name]
+
+
+# Facts the docs quote in prose: (file, pattern whose groups quote them, the source's values).
+_QUOTED = [
+    (
+        "README.md",
+        r"for `source: distro` \(Debian 12: (\d+)\)",
+        lambda: (str(max(_os("debian-12").distro_driver_branches)),),
+    ),
+    ("README.md", r"\(Debian 12: \d+\) and (\d+) for\s+`cuda-repo`", lambda: (str(versions.CUDA_REPO_DRIVER_BRANCH),)),
+    ("README.md", r"the archive's CUDA \(Debian 12: ([\d.]+)\)", lambda: (_os("debian-12").distro_cuda,)),
+    (
+        "examples/local.yaml",
+        r"non-free nvidia-driver \((\d+)\)",
+        lambda: (str(_os("debian-12").distro_driver_branches[0]),),
+    ),
+    ("examples/local.yaml", r"nvidia-cuda-toolkit \(([\d.]+)\)", lambda: (_os("debian-12").distro_cuda,)),
+    (
+        "roles/cuda_toolkit/README.md",
+        r"\(Debian 12: ([\d.]+), Ubuntu 22.04: ([\d.]+), Ubuntu 24.04: ([\d.]+)\)",
+        lambda: tuple(_os(name).distro_cuda for name in ("debian-12", "ubuntu-22.04", "ubuntu-24.04")),
+    ),
+    (
+        "roles/nvidia_driver/README.md",
+        r"\(branch (\d+), proprietary only\)",
+        lambda: tuple(map(str, _os("debian-12").distro_driver_branches)),
+    ),
+    (
+        "roles/nvidia_driver/README.md",
+        r"Ubuntu 22.04 / 24.04 \|.*\(branches ([\d, ]+)\)",
+        lambda: (", ".join(map(str, _os("ubuntu-22.04").distro_driver_branches)),),
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "pattern", "facts"), _QUOTED, ids=[f"{p}:{i}" for i, (p, _, _) in enumerate(_QUOTED)])
+def test_docs_quote_the_sources(path: str, pattern: str, facts: Callable[[], tuple[str, ...]]) -> None:
+    """Where the docs state a pinned fact in prose, it is the source's (each quote is found exactly once)."""
+    quotes = re.findall(pattern, (REPO / path).read_text())
+    assert len(quotes) == 1, f"{path}: {pattern!r} found {len(quotes)} times; update this test with the text"
+    quoted = quotes[0] if isinstance(quotes[0], tuple) else (quotes[0],)
+    assert quoted == facts(), f"{path} quotes {quoted}, the source says {facts()}"
