@@ -66,6 +66,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from devserver import versions
 from devserver.sysutil import file_lock
 
 # Bump when the build recipe changes in a way the hashed inputs below do not capture.
@@ -78,7 +79,7 @@ DEB_ARCH = "amd64"
 CUDA_DISTRO = "debian12"
 CUDA_ARCH = "x86_64"
 # The file name NVIDIA serves its CUDA repository key under (the fixture's key differs, its name does not).
-CUDA_KEY_FILE = "3bf863cc.pub"
+CUDA_KEY_FILE = versions.CUDA_REPO_KEY_FILE
 TOOLKIT_KEY_FILE = "gpgkey"
 
 DRIVER_BRANCH = 535
@@ -108,7 +109,6 @@ META_FILE = "fixture.json"
 BUILD_TOOLS = {"dpkg-deb": "dpkg", "gpg": "gnupg", "gpg-agent": "gnupg", "gpgconf": "gnupg"}
 
 
-# --------------------------------------------------------------------------------------------------
 # Package contents
 
 
@@ -316,7 +316,6 @@ def cuda_packages() -> list[FixturePackage]:
     ]
 
 
-# --------------------------------------------------------------------------------------------------
 # Building
 
 
@@ -497,7 +496,6 @@ def _sign(home: Path, fingerprint: str, directory: Path) -> None:
     _gpg(home, *signer, "--detach-sign", "--armor", "--output", str(directory / "Release.gpg"), release)
 
 
-# --------------------------------------------------------------------------------------------------
 # Serving
 
 

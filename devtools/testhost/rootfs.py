@@ -16,6 +16,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from devserver import versions
 from devserver.sysutil import file_lock
 from devtools.testhost.machine import ensure_tools, tail
 
@@ -23,8 +24,8 @@ from devtools.testhost.machine import ensure_tools, tail
 SCRIPT_VERSION = "1"
 
 SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
-SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+MIRROR = versions.DEBIAN_MIRROR
+SECURITY_MIRROR = versions.DEBIAN_SECURITY_MIRROR
 COMPONENTS = ("main", "contrib", "non-free", "non-free-firmware")
 ADMIN_USER = "devserver"
 PACKAGES_FILE = Path(__file__).with_name("host_packages.txt")
