@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from devserver import registry
-from devserver.catalog import Catalog, MachineType
+from devserver.catalog import Attachable, Catalog, MachineType
 from devserver.spec import DevserverSpec, GpuRequest
 
 
@@ -140,13 +140,7 @@ class MachineFinder:
                 gpu_key,
             )
             return None
-        if count not in attachable.max_vcpus:
-            self.error(
-                f"{path}.gpu.count",
-                f"{gpu_key} attaches in counts of {', '.join(map(str, attachable.max_vcpus))}",
-                "pick one of those",
-                count,
-            )
+        if not self._attachable_count(path, gpu_key, attachable, count):
             return None
         if vcpus > attachable.max_vcpus[count]:
             self.error(
@@ -158,18 +152,24 @@ class MachineFinder:
             return None
         return MachineChoice(machine_type, gpu_key, count, accelerator=attachable.accelerator)
 
+    def _attachable_count(self, path: str, gpu_key: str, attachable: Attachable, count: int) -> bool:
+        """Whether `count` GPUs of `gpu_key` can be attached at all; reports the problem when not."""
+        if count in attachable.max_vcpus:
+            return True
+        self.error(
+            f"{path}.gpu.count",
+            f"{gpu_key} attaches in counts of {', '.join(map(str, attachable.max_vcpus))}",
+            "pick one of those",
+            count,
+        )
+        return False
+
     def _derive_machine(self, path: str, gpu_key: str, count: int) -> MachineChoice | None:
         provider = self.spec.cloud.provider
         cloud = self.catalog.clouds[provider]
         attachable = cloud.attachable.get(gpu_key)
         if attachable is not None:
-            if count not in attachable.max_vcpus:
-                self.error(
-                    f"{path}.gpu.count",
-                    f"{gpu_key} attaches in counts of {', '.join(map(str, attachable.max_vcpus))}",
-                    "pick one of those",
-                    count,
-                )
+            if not self._attachable_count(path, gpu_key, attachable, count):
                 return None
             # 8 vCPUs per GPU is a sensible devserver; capped by what the GPU count allows.
             sizes = cloud.attachable_machine_sizes["n1-standard"]
