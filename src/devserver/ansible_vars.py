@@ -17,6 +17,9 @@ from devserver.hoststate.expected import expected
 from devserver.images.artifact import Target
 from devserver.plan import Resolved
 
+# Where kind_cluster keeps the kind config and root's kubeconfig of the cluster, which gpu_operator and nvshare use
+KIND_CONFIG_DIR = "/etc/devserver/kind"
+
 
 def role_vars(resolved: Resolved, *, image_mode: bool = False, data_device: str | None = None) -> dict[str, object]:
     """Role variables for `resolved`.
@@ -75,7 +78,8 @@ def role_vars(resolved: Resolved, *, image_mode: bool = False, data_device: str 
         "cuda_toolkit_max_version": max_cuda,
         # container_runtime
         "container_runtime_engines": software.container_runtime,
-        "container_runtime_default_runtime_nvidia": software.default_runtime_nvidia,
+        # a kind node gets its GPUs only through Docker's default runtime (kind_cluster sets it too, never against this)
+        "container_runtime_default_runtime_nvidia": software.default_runtime_nvidia or _kind_gpus(resolved),
         "container_runtime_docker_repo_url": (repos.docker_repo or "").rstrip("/"),
         "container_runtime_toolkit_repo_url": repos.container_toolkit_repo.rstrip("/"),
         "container_runtime_toolkit_key_url": repos.container_toolkit_key_url,
@@ -89,6 +93,7 @@ def role_vars(resolved: Resolved, *, image_mode: bool = False, data_device: str 
         "gpu_verify_engines": software.container_runtime,
         "gpu_verify_container_image": software.gpu_check_image,
         "gpu_verify_nvcc": nvcc_path(resolved) if resolved.cuda is not None else "",
+        **kubernetes_role_vars(resolved, image_mode=image_mode),
     }
 
 
@@ -98,6 +103,63 @@ def nvcc_path(resolved: Resolved) -> str:
     if resolved.spec.software.driver.source == "cuda-repo":
         return f"/usr/local/cuda-{resolved.cuda}/bin/nvcc"
     return "/usr/bin/nvcc"
+
+
+def _kind_gpus(resolved: Resolved) -> bool:
+    plan = resolved.kubernetes
+    return plan is not None and plan.case == "kind" and resolved.machine is not None and resolved.machine.gpu_count > 0
+
+
+def kubernetes_role_vars(resolved: Resolved, *, image_mode: bool = False) -> dict[str, object]:
+    """Variables of kind_cluster, gpu_operator and nvshare. They install only onto the devserver's kind cluster:
+    without one (no `kubernetes.kind`) all three are off. An image build installs kind's tools and host settings
+    but creates no cluster, so the operator and nvshare report "skipped: no cluster" there."""
+    spec = resolved.spec
+    repos = spec.repositories
+    plan = resolved.kubernetes
+    kind = plan is not None and plan.case == "kind"
+    operator = plan.operator if plan is not None and kind else None
+    share = plan.nvshare if plan is not None and kind else None
+    name = plan.cluster_name if plan is not None and kind else "devserver"
+    kubeconfig = f"{KIND_CONFIG_DIR}/{name}.kubeconfig"
+    out: dict[str, object] = {
+        # kind_cluster
+        "kind_cluster_enabled": kind,
+        "kind_cluster_name": name,
+        "kind_cluster_gpus": _kind_gpus(resolved),
+        "kind_cluster_admin_user": spec.ssh.admin_user,
+        "kind_cluster_kind_url": repos.kind_url.rstrip("/"),
+        "kind_cluster_kubectl_url": repos.kubectl_url.rstrip("/"),
+        "kind_cluster_helm_url": repos.helm_url.rstrip("/"),
+        "kind_cluster_image_mode": image_mode,
+        "kind_cluster_kind_version": versions.KIND_VERSION,
+        "kind_cluster_kind_sha256": dict(versions.KIND_SHA256),
+        "kind_cluster_kubectl_version": versions.KUBECTL_VERSION,
+        "kind_cluster_kubectl_sha256": dict(versions.KUBECTL_SHA256),
+        "kind_cluster_helm_version": versions.HELM_VERSION,
+        "kind_cluster_helm_sha256": dict(versions.HELM_SHA256),
+        "kind_cluster_config_dir": KIND_CONFIG_DIR,
+        # gpu_operator
+        "gpu_operator_enabled": operator is not None,
+        "gpu_operator_chart_repo": repos.gpu_operator_chart_repo.rstrip("/"),
+        "gpu_operator_kubeconfig": kubeconfig,
+        # nvshare
+        "nvshare_enabled": share is not None,
+        "nvshare_kubeconfig": kubeconfig,
+        "nvshare_kind_node": f"{name}-control-plane",
+    }
+    if plan is not None and kind and plan.node_image is not None:
+        out["kind_cluster_node_image"] = plan.node_image
+    if operator is not None:
+        out["gpu_operator_version"] = operator.version
+        out["gpu_operator_toolkit_enabled"] = operator.toolkit
+        out["gpu_operator_cdi_enabled"] = operator.cdi
+    if share is not None:
+        out["nvshare_virtual_devices"] = share.virtual_devices
+        out["nvshare_lib_image"] = share.lib_image
+        out["nvshare_device_plugin_image"] = share.device_plugin_image
+        out["nvshare_scheduler_image"] = share.scheduler_image
+    return out
 
 
 def image_role_vars(resolved: Resolved, target: Target, *, build_users: Sequence[str] = ()) -> dict[str, object]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from devserver import catalog as catalog_module
+from devserver import kubernetes as kubernetes_module
 from devserver import registry, versions
 from devserver.catalog import Catalog, version_tuple
 from devserver.errors import Problem, SpecError
@@ -46,6 +47,7 @@ class Resolved:
     fabric_manager: bool
     node_pools: tuple[NodePoolPlan, ...]
     warnings: tuple[Problem, ...]
+    kubernetes: kubernetes_module.KubernetesPlan | None = None
 
     @property
     def gpu_summary(self) -> str:
@@ -93,6 +95,8 @@ class _Checker:
         flavour = self._flavour(machine, branch)
         cuda = self._cuda(branch)
         pools = self._node_pools()
+        gpus = [pool.machine.gpu_count for pool in pools] if pools else [machine.gpu_count if machine else 0]
+        k8s = kubernetes_module.resolve(spec, gpus, self.error, self.warn)
         if machine is not None and cloud.offers("hyperv_generations"):
             machine = self.machines.with_hyperv_generation(machine)
         if any(p.severity == "error" for p in self.problems):
@@ -108,6 +112,7 @@ class _Checker:
             fabric_manager=bool(machine and machine.nvswitch),
             node_pools=tuple(pools),
             warnings=tuple(p for p in self.problems if p.severity == "warning"),
+            kubernetes=k8s,
         )
 
     def _region(self) -> str:
@@ -288,8 +293,9 @@ class _Checker:
 
 def planned_resources(resolved: Resolved) -> list[PlannedResource]:
     """What `pulumi up` (or the local image build) would create for this spec, for people to review: the cloud
-    entry's resource list, whose names the stack registers (:func:`devserver.registry.planned`)."""
-    return list(registry.planned(resolved).resources)
+    entry's resource list, whose names the stack registers (:func:`devserver.registry.planned`), then what the
+    Kubernetes roles install (:func:`devserver.kubernetes.planned_resources`)."""
+    return list(registry.planned(resolved).resources) + kubernetes_module.planned_resources(resolved)
 
 
 def software_summary(resolved: Resolved) -> dict[str, str]:

@@ -260,6 +260,26 @@ class Repositories(_Model):
     docker_repo: str | None = Field(
         default=None, pattern=r"^https?://\S+$", description="Docker's own repository; the distro's docker.io if unset."
     )
+    kind_url: str = Field(
+        default=versions.KIND_URL,
+        pattern=r"^https?://\S+$",
+        description="kind binaries: <url>/<version>/kind-linux-<arch>.",
+    )
+    kubectl_url: str = Field(
+        default=versions.KUBECTL_URL,
+        pattern=r"^https?://\S+$",
+        description="kubectl binaries: <url>/<version>/bin/linux/<arch>/kubectl.",
+    )
+    helm_url: str = Field(
+        default=versions.HELM_URL,
+        pattern=r"^https?://\S+$",
+        description="Helm: <url>/helm-<version>-linux-<arch>.tar.gz.",
+    )
+    gpu_operator_chart_repo: str = Field(
+        default=versions.GPU_OPERATOR_CHART_REPO,
+        pattern=r"^https?://\S+$",
+        description="Helm repository of the operator.",
+    )
 
 
 class Taint(_Model):
@@ -280,14 +300,80 @@ class NodePool(_Model):
     taints: list[Taint] = Field(default_factory=_gpu_taint)
 
 
+_KIND_IMAGE_RE = r"^[a-z0-9.:/_-]+/node:v\d+\.\d+\.\d+@sha256:[0-9a-f]{64}$"
+
+
+class KindCluster(_Model):
+    """A kind cluster on the devserver itself (the single-VM case): one node, with every GPU of the machine."""
+
+    name: str = Field(default="devserver", pattern=r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$", description="kind cluster name.")
+    node_image: str = Field(
+        default=versions.KIND_NODE_IMAGE,
+        pattern=_KIND_IMAGE_RE,
+        description="Node image, pinned by digest (<registry>/node:vX.Y.Z@sha256:...); a mirror may serve it.",
+    )
+
+
+class GpuOperator(_Model):
+    """NVIDIA's GPU operator on the host driver (devserver installs the driver; the operator never does)."""
+
+    enabled: bool = True
+    version: str = Field(default=versions.GPU_OPERATOR, pattern=r"^v\d+\.\d+\.\d+$", description="Chart version.")
+    toolkit: Literal["auto", "on", "off"] = Field(
+        default="auto", description="The operator's container toolkit; auto decides per case (see docs/kubernetes.md)."
+    )
+    cdi: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Container Device Interface; auto: off with nvshare, on otherwise."
+    )
+
+
+class Nvshare(_Model):
+    """nvshare: one GPU per node shared by up to `virtual_devices` pods (nvshare.com/gpu)."""
+
+    enabled: bool = False
+    virtual_devices: int = Field(default=10, ge=1, le=64, description="nvshare.com/gpu devices per GPU.")
+    lib_image: str = Field(default=versions.NVSHARE_LIB_IMAGE, min_length=1, description="libnvshare image.")
+    device_plugin_image: str = Field(default=versions.NVSHARE_DEVICE_PLUGIN_IMAGE, min_length=1)
+    scheduler_image: str = Field(default=versions.NVSHARE_SCHEDULER_IMAGE, min_length=1)
+
+
+def _reject_old_form(value: object, field: str, example: str) -> object:
+    """The pre-object forms (`gpu_operator: "v…"`, `nvshare: true`) were never read by any role; refuse them with the
+    new spelling rather than guess."""
+    if isinstance(value, (str, bool)):
+        raise FieldError("", f"{field} is an object now", f"write {field}: {example}", value)
+    return value
+
+
 class Kubernetes(_Model):
-    version: str | None = Field(default=None, pattern=r"^\d+\.\d+$")
-    node_pools: list[NodePool] = Field(min_length=1)
-    gpu_operator: str = Field(default=versions.GPU_OPERATOR, pattern=r"^v?\d+\.\d+\.\d+$")
-    nvshare: bool = Field(default=False, description="Install nvshare to share one GPU between pods.")
+    """A kind cluster on the devserver (`kind`, any cloud) or managed GPU node pools (`node_pools`, gce/azure/aws)."""
+
+    version: str | None = Field(
+        default=None, pattern=r"^\d+\.\d+$", description="Minor version; kind: must match the node image's."
+    )
+    kind: KindCluster | None = None
+    node_pools: list[NodePool] = Field(default_factory=list)
+    gpu_operator: GpuOperator = Field(default_factory=GpuOperator)
+    nvshare: Nvshare = Field(default_factory=Nvshare)
+
+    @field_validator("gpu_operator", mode="before")
+    @classmethod
+    def _operator_object(cls, value: object) -> object:
+        return _reject_old_form(value, "gpu_operator", "{version: " + versions.GPU_OPERATOR + "}")
+
+    @field_validator("nvshare", mode="before")
+    @classmethod
+    def _nvshare_object(cls, value: object) -> object:
+        return _reject_old_form(value, "nvshare", "{enabled: true}")
 
     @model_validator(mode="after")
-    def _unique_names(self) -> Kubernetes:
+    def _one_cluster(self) -> Kubernetes:
+        if (self.kind is None) == (not self.node_pools):
+            raise FieldError(
+                "",
+                "needs exactly one cluster: a kind cluster on the devserver, or managed node pools",
+                "give kubernetes.kind: {} or kubernetes.node_pools, not both and not neither",
+            )
         names = [pool.name for pool in self.node_pools]
         if len(set(names)) != len(names):
             raise FieldError("node_pools", "node pool names must be unique", "give each pool its own name", names)
@@ -343,11 +429,11 @@ class DevserverSpec(_Model):
                 "list your networks, e.g. 203.0.113.4/32",
             )
         offering = registry.with_capability("node_pools")
-        if self.kubernetes is not None and provider not in offering:
+        if self.kubernetes is not None and self.kubernetes.node_pools and provider not in offering:
             raise FieldError(
                 "kubernetes",
                 f"node pools are offered on {registry.spoken(offering)}, not {provider}",
-                "remove the section",
+                "use kubernetes.kind (a kind cluster on the devserver), or remove the section",
             )
         if self.software.default_runtime_nvidia and self.software.container_runtime == "none":
             raise FieldError(

@@ -18,7 +18,17 @@ from devserver.spec import DevserverSpec
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES_DIR = REPO / "roles"
-ROLES = ("devserver_base", "data_volume", "nvidia_driver", "cuda_toolkit", "container_runtime", "gpu_verify")
+ROLES = (
+    "devserver_base",
+    "data_volume",
+    "nvidia_driver",
+    "cuda_toolkit",
+    "container_runtime",
+    "kind_cluster",
+    "gpu_operator",
+    "nvshare",
+    "gpu_verify",
+)
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 DOCKER_REPO = "https://download.docker.com/linux"
 

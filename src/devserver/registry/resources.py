@@ -101,7 +101,8 @@ def data_details(resolved: Resolved) -> dict[str, str]:
 def cluster_details(resolved: Resolved) -> dict[str, str]:
     kubernetes = resolved.spec.kubernetes
     assert kubernetes is not None
-    return {"version": kubernetes.version or "cloud default", "gpu operator": kubernetes.gpu_operator}
+    # the GPU operator's release is listed on its own, with its resolved modes (devserver.kubernetes)
+    return {"version": kubernetes.version or "cloud default"}
 
 
 def pool_details(pool: NodePoolPlan) -> dict[str, str]:
