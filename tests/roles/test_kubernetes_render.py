@@ -119,10 +119,36 @@ def _cases() -> dict[str, tuple[str, str, dict[str, Any], dict[str, str]]]:
     }  # fmt: skip
 
 
-def _render(tmp_path: Path) -> dict[str, Path]:
-    """Run every case in one ansible-runner play; return case → its root directory."""
+def _play(tmp_path: Path, run: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run `tasks` in one ansible-runner play on localhost; return its stats for localhost."""
     import ansible_runner
 
+    work = tmp_path / run
+    (work / "runner").mkdir(parents=True)
+    playbook = work / "play.yml"
+    play = {"name": "Render", "hosts": "localhost", "gather_facts": False, "tasks": tasks}
+    playbook.write_text(yaml.safe_dump([play]))
+    result = ansible_runner.run(
+        private_data_dir=str(work / "runner"),
+        playbook=str(playbook),
+        inventory={"all": {"hosts": {"localhost": {"ansible_connection": "local",
+                                                   "ansible_python_interpreter": sys.executable}}}},
+        envvars={
+            "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        },
+        quiet=True,
+    )  # fmt: skip
+    stdout = result.stdout.read() if result.stdout else ""
+    assert result.rc == 0, stdout[-4000:]
+    stats = result.stats or {}
+    return {key: (stats.get(key) or {}).get("localhost", 0) for key in ("changed", "ok", "failures")}
+
+
+def _render(tmp_path: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Run every case in one play, then kind_cluster's host merges a second time; return case → its root
+    directory, and the second run's stats."""
     cases = _cases()
     roots: dict[str, Path] = {}
     tasks = []
@@ -140,36 +166,24 @@ def _render(tmp_path: Path) -> dict[str, Path]:
                 "vars": {**variables, f"{role}_config_root": str(root), f"{role}_image_mode": True},
             }
         )
-    (tmp_path / "runner").mkdir()
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(
-        yaml.safe_dump([{"name": "Render", "hosts": "localhost", "gather_facts": False, "tasks": tasks}])
-    )
-    result = ansible_runner.run(
-        private_data_dir=str(tmp_path / "runner"),
-        playbook=str(playbook),
-        inventory={"all": {"hosts": {"localhost": {"ansible_connection": "local",
-                                                   "ansible_python_interpreter": sys.executable}}}},
-        envvars={
-            "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        },
-        quiet=True,
-    )  # fmt: skip
-    stdout = result.stdout.read() if result.stdout else ""
-    assert result.rc == 0, stdout[-4000:]
-    return roots
+    _play(tmp_path, "first", tasks)
+    again = _play(tmp_path, "second", [task for task in tasks if "kind_cluster" in task["name"]])
+    return roots, again
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
-    """case → golden name → rendered text."""
-    roots = _render(tmp_path_factory.mktemp("kubernetes"))
-    out: dict[str, dict[str, str]] = {}
+    """case → golden name → rendered text; the second run's stats under the key "second run"."""
+    roots, again = _render(tmp_path_factory.mktemp("kubernetes"))
+    out: dict[str, dict[str, str]] = {"second run": {key: str(value) for key, value in again.items()}}
     for name, (_, _, _, files) in _cases().items():
         out[name] = {golden: (roots[name] / relative).read_text() for relative, golden in files.items()}
     return out
+
+
+def test_a_second_run_of_the_host_merges_changes_nothing(rendered: dict[str, dict[str, str]]) -> None:
+    assert rendered["second run"]["changed"] == "0", rendered["second run"]
+    assert int(rendered["second run"]["ok"]) > 10
 
 
 def _golden_path(case: str, golden: str) -> Path:
