@@ -226,7 +226,7 @@ def test_aws_g6_spot_instance_and_eks(examples: dict[str, StackRun]) -> None:
     assert vm["subnetId"] == "subnet-0aaaaaaaaaaaaaaaa"
 
     cluster = run.one("aws:eks/cluster:Cluster").inputs
-    assert cluster["version"] == "1.31"
+    assert cluster["version"] == "1.34"
     assert cluster["vpcConfig"]["publicAccessCidrs"] == ["203.0.113.0/24"]
     assert cluster["vpcConfig"]["endpointPrivateAccess"] is True
     groups = {g.name: g.inputs for g in run.of_type("aws:eks/nodeGroup:NodeGroup")}
