@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -29,7 +29,8 @@ from devserver.spec import DevserverSpec, Kubernetes
 if TYPE_CHECKING:
     from devserver.plan import Resolved
 
-Case = Literal["kind", "gke", "aks", "eks"]
+# "kind", or the managed service of the spec's cloud as the catalog names it (GKE, AKS, EKS)
+Case = str
 # error(path, message, fix, value) and warn(path, message, fix), as devserver.plan's checker reports them
 ErrorReport = Callable[[str, str, str, object], None]
 WarnReport = Callable[[str, str, str], None]
@@ -37,7 +38,6 @@ WarnReport = Callable[[str, str, str], None]
 OPERATOR_RELEASE = "gpu-operator"
 OPERATOR_NAMESPACE = "gpu-operator"
 NVSHARE_NAMESPACE = "nvshare-system"
-_MANAGED: dict[str, Case] = {"gce": "gke", "azure": "aks", "aws": "eks"}
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,22 @@ class OperatorFacts:
 
 
 @dataclass(frozen=True)
+class ManagedFacts:
+    """A cloud's managed Kubernetes as the catalog records it."""
+
+    service: str
+    operator: bool  # whether NVIDIA's operator is what gives its GPU pools a device plugin (else the service's own)
+    node_image_runtime: bool  # the GPU node image ships the driver and the NVIDIA container runtime
+
+
+@dataclass(frozen=True)
 class KubernetesFacts:
     operators: dict[str, OperatorFacts]
     absolute_nvidia_smi_os: tuple[str, ...]
     kind_node_os: str
     kind_broken_toolkit: tuple[str, str]  # [first broken, first fixed)
     nvshare_gpus_per_node: int
+    managed: dict[str, ManagedFacts]  # cloud → its managed Kubernetes
     sources: dict[str, dict[str, str]]  # key → url, checked, says
     cited: dict[str, tuple[str, ...]]  # entry → the source keys it cites
 
@@ -69,7 +79,9 @@ def facts() -> KubernetesFacts:
     raw: dict[str, Any] = yaml.safe_load(text)["kubernetes"]
     first, fixed = raw["kind_broken_toolkit"]["range"]
     cited = {f"gpu_operator.{version}": tuple(entry["source"]) for version, entry in raw["gpu_operator"].items()}
-    cited.update({key: tuple(value["source"]) for key, value in raw.items() if key not in ("sources", "gpu_operator")})
+    cited.update({f"managed.{cloud}": tuple(entry["source"]) for cloud, entry in raw["managed"].items()})
+    sections = ("sources", "gpu_operator", "managed")
+    cited.update({key: tuple(value["source"]) for key, value in raw.items() if key not in sections})
     return KubernetesFacts(
         operators={
             str(version): OperatorFacts(
@@ -84,6 +96,10 @@ def facts() -> KubernetesFacts:
         kind_node_os=str(raw["kind_node_os"]["os"]),
         kind_broken_toolkit=(str(first), str(fixed)),
         nvshare_gpus_per_node=int(raw["nvshare_gpus_per_node"]["count"]),
+        managed={
+            str(cloud): ManagedFacts(str(entry["service"]), bool(entry["operator"]), bool(entry["node_image_runtime"]))
+            for cloud, entry in raw["managed"].items()
+        },
         sources={key: {k: str(v) for k, v in value.items()} for key, value in raw["sources"].items()},
         cited=cited,
     )
@@ -156,14 +172,15 @@ def resolve(spec: DevserverSpec, gpu_counts: list[int], error: ErrorReport, warn
         return None
     known = facts()
     kind = k8s.kind
-    case: Case = "kind" if kind is not None else _MANAGED.get(spec.cloud.provider, "kind")
+    managed = known.managed.get(spec.cloud.provider)
+    case: Case = managed.service if kind is None and managed is not None else "kind"
     has_gpu = any(gpu_counts)
     version = node_image_minor(kind.node_image) if kind is not None else k8s.version
     if kind is not None:
         _check_kind(spec, k8s, has_gpu, error)
     operator_spec = k8s.gpu_operator
     operator_facts = known.operators.get(operator_spec.version)
-    wants_operator = operator_spec.enabled and case != "gke" and has_gpu
+    wants_operator = operator_spec.enabled and has_gpu and (case == "kind" or bool(managed and managed.operator))
     if operator_spec.enabled and operator_facts is None:
         error(
             "kubernetes.gpu_operator.version",
@@ -287,7 +304,7 @@ def _check_nvshare(spec: DevserverSpec, case: Case, gpu_counts: list[int], error
     if case != "kind":
         error(
             path,
-            f"nvshare is installed onto the devserver's kind cluster only; {case.upper()} pools get no nvshare yet",
+            f"nvshare is installed onto the devserver's kind cluster only; {case} pools get no nvshare yet",
             "use kubernetes.kind, or turn nvshare off",
             True,
         )
@@ -320,8 +337,10 @@ def _operator_plan(spec: DevserverSpec, case: Case, operator: OperatorFacts) -> 
         toolkit, toolkit_why = chosen.toolkit == "on", "set in the spec"
     elif case == "kind":
         toolkit, toolkit_why = True, "the kind node's own containerd has no nvidia runtime"
+    elif facts().managed[spec.cloud.provider].node_image_runtime:
+        toolkit, toolkit_why = False, f"the {case} GPU node image ships the NVIDIA container runtime"
     else:
-        toolkit, toolkit_why = False, f"the {case.upper()} GPU node image ships the NVIDIA container runtime"
+        toolkit, toolkit_why = True, f"the {case} GPU node image has no NVIDIA container runtime"
     nvshare = spec.kubernetes.nvshare.enabled
     if chosen.cdi != "auto":
         cdi, cdi_why = chosen.cdi == "on", "set in the spec"
@@ -394,4 +413,4 @@ def planned_resources(resolved: Resolved) -> list[PlannedResource]:
 
 
 def _where(plan: KubernetesPlan) -> str:
-    return f"kind cluster {plan.cluster_name}" if plan.case == "kind" else f"the {plan.case.upper()} cluster"
+    return f"kind cluster {plan.cluster_name}" if plan.case == "kind" else f"the {plan.case} cluster"
