@@ -18,7 +18,7 @@ from devserver import catalog
 from devserver.cli.main import app
 from devserver.cli.output import out
 from devserver.loader import load_spec
-from devserver.plan import resolve
+from devserver.plan import planned_resources, resolve
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 CAT = catalog.load()
@@ -43,6 +43,14 @@ def assert_fits(text: str) -> list[str]:
     assert "…" not in text
     assert max(len(line) for line in lines) <= WIDTH
     return lines
+
+
+def details_column(lines: list[str]) -> str:
+    """The plan table's details column, its lines joined without whitespace (so folded values read whole)."""
+    header = next(index for index, line in enumerate(lines) if re.match(r"^\s*resource\s+details\s*$", line))
+    start = lines[header].index("details")
+    end = next(index for index in range(header + 2, len(lines)) if not lines[index].strip())
+    return "".join(re.sub(r"\s+", "", line[start:]) for line in lines[header + 2 : end])
 
 
 def whole_on_a_line(lines: list[str], word: str) -> bool:
@@ -91,6 +99,12 @@ def test_plan_at_80_columns_cuts_nothing(example: Path) -> None:
         assert whole_on_a_line(lines, resolved.machine.type)
     for pool in resolved.node_pools:
         assert whole_on_a_line(lines, pool.machine.type)
+    # Every detail is all there, folded or not: a line wider than the terminal would be cropped by the console, and
+    # a cropped line still measures 80 columns, so read the details column itself.
+    column = details_column(lines)
+    for resource in planned_resources(resolved):
+        for key, value in resource.details.items():
+            assert re.sub(r"\s+", "", f"{key}: {value}") in column, (resource.name, key)
     # An image name folds only where no line of the details column can hold it; folded, it is still all there.
     image = resolved.image
     if resolved.spec.cloud.provider != "local":

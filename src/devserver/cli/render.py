@@ -16,9 +16,6 @@ from devserver.errors import InputError, SpecError
 from devserver.loader import BUILTIN_LOCAL, load_builtin_local, load_spec
 from devserver.plan import Resolved, planned_resources, resolve, software_summary
 
-# Columns the plan table's separator and cell padding take (SIMPLE_HEAD box, no edge padding).
-_TABLE_CHROME = 4
-
 
 def resolve_or_exit(path: Path | None, json_out: bool) -> Resolved:
     """Load and resolve the spec at `path` (the built-in local one when None); on problems render them, exit 2."""
@@ -82,15 +79,16 @@ def plan(resolved: Resolved, json_out: bool) -> None:
         return
     spec = resolved.spec
     out().print(f"[bold]{spec.name}[/] on [bold]{spec.cloud.provider}[/] ({resolved.region})")
-    # Two columns so the details get the width, with the resource's name under its kind: the details column is
-    # kept wide enough for the longest value (the image, the machine type) that fits a line at all, the kinds
-    # wrap instead. A value wider than that folds onto the next line whole, never cut.
-    longest = _widest(str(v) for r in resources for v in r.details.values())
-    words = _widest(word for r in resources for word in f"{r.kind} {r.name}".split())
-    table = Table(title="Would create", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("resource", style="cyan", overflow="fold")
-    # Never wider than what the resource column leaves: a table wider than the terminal is cropped.
-    table.add_column("details", overflow="fold", min_width=min(longest, out().width - words - _TABLE_CHROME))
+    # Two columns so the details get the width, with the resource's name under its kind: the resource column is as
+    # wide as its longest line, but at most a third of the terminal (kinds wrap, a longer name folds), and the
+    # details take every column left (Rich measures the table's borders and padding itself). A value wider than
+    # that folds onto the next lines whole, never cut.
+    third = out().width // 3
+    words = min(third, _widest(word for r in resources for word in f"{r.kind} {r.name}".split()))
+    names = max(words, min(third, _widest(line for r in resources for line in (r.kind, r.name))))
+    table = Table(title="Would create", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, expand=True)
+    table.add_column("resource", style="cyan", overflow="fold", min_width=words, max_width=names)
+    table.add_column("details", overflow="fold", ratio=1)
     for resource in resources:
         details = "\n".join(f"{k}: {v}" for k, v in resource.details.items())
         table.add_row(f"{resource.kind}\n[default]{resource.name}[/]", details)
