@@ -290,10 +290,6 @@ def _outcome(kind: str, data: dict[str, Any]) -> TaskEvent | None:
         return TaskEvent(host, task, "changed" if res.get("changed") else "ok", str(res.get("msg", "")))
     if kind == "runner_on_failed":
         message = res.get("msg") or res.get("stderr") or res.get("stdout") or ""
-        # A loop's own msg only says "One or more items failed": the failed items' messages say what.
-        items = [item for item in res.get("results") or [] if isinstance(item, dict) and item.get("failed")]
-        if items:
-            message = "; ".join(str(item.get("msg") or item.get("stderr") or "").strip() for item in items)
         # A loop's own msg is only "One or more items failed": say which items, and why.
         items = [r for r in res.get("results") or [] if isinstance(r, dict) and r.get("failed")]
         if items:

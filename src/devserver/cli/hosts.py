@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from devserver.cli.output import ExitCode, err, fail, out, write_json
+from devserver.cli.output import ExitCode, Steps, fail, out, write_json
 from devserver.cli.render import resolve_or_exit
 from devserver.errors import InputError, Problem, SpecError
 from devserver.hosts import Host, parse_hosts
@@ -57,37 +59,35 @@ def run_update(
     mode = " (check mode: nothing will change)" if check else ""
     if not json_out:
         out().print(f"[bold]devserver update[/] {resolved.spec.name} → {', '.join(h.name for h in hosts)}{mode}")
-    status = None if json_out else err().status("preflight: SSH, sudo, OS", spinner="dots")
+    steps = None if json_out else Steps("preflight: SSH, sudo, OS")
 
     def progress(event: TaskEvent | str) -> None:
-        if status is None:
+        if steps is None:
             return
         if isinstance(event, str):
-            status.update(f"[cyan]{event}[/]")
+            steps.step(f"[cyan]{escape(event)}[/]")
         elif event.status == "changed":
-            out().print(f"  [yellow]changed[/] {event.host}  {event.task}")
+            out().print(f"  [yellow]changed[/] {escape(event.host)}  {escape(event.task)}")
         elif event.status in ("failed", "unreachable"):
-            out().print(f"  [red]{event.status}[/] {event.host}  {event.task}: {event.message[:400]}")
+            out().print(
+                f"  [red]{event.status}[/] {escape(event.host)}  {escape(event.task)}: {escape(event.message[:400])}"
+            )
 
     try:
-        if status is not None:
-            status.start()
-        summary = update_module.update(
-            hosts,
-            resolved,
-            check=check,
-            diff=diff,
-            only=only,
-            data_device=data_device,
-            known_hosts=known_hosts,
-            mitogen=mitogen,
-            on_event=progress,
-        )
+        with steps if steps is not None else contextlib.nullcontext():
+            summary = update_module.update(
+                hosts,
+                resolved,
+                check=check,
+                diff=diff,
+                only=only,
+                data_device=data_device,
+                known_hosts=known_hosts,
+                mitogen=mitogen,
+                on_event=progress,
+            )
     except (SpecError, HostsError) as exc:
         fail(exc, json_out)
-    finally:
-        if status is not None:
-            status.stop()
     render_summary(summary, check, json_out)
     if not summary.ok:
         raise typer.Exit(ExitCode.FAILED)

@@ -110,8 +110,10 @@ def image_build(
     Output: an artifact folder (disk in the target's format + manifest.json). An artifact with the same inputs hash
     is reused unless --force.
     """
+    from rich.markup import escape
+
     from devserver.cli.hosts import default_spec
-    from devserver.cli.output import err, fail, interrupted, out
+    from devserver.cli.output import Steps, fail, interrupted, out
     from devserver.cli.render import resolve_or_exit
     from devserver.errors import DevserverError
     from devserver.images import api
@@ -134,24 +136,24 @@ def image_build(
             f"[bold]devserver image build[/] {resolved.spec.name} → {target} ({chosen} builder, "
             f"inputs {planned.inputs_hash[:12]})"
         )
-    status = None if json_out else err().status("starting", spinner="dots")
-    started = {"phase": "", "at": time.monotonic()}
+    steps = None if json_out else Steps("starting")
+    started = {"phase": ""}
 
     def progress(phase: str, what: str | TaskEvent) -> None:
-        if status is None:
+        if steps is None:
             return
         if phase != started["phase"]:
-            started.update(phase=phase, at=time.monotonic())
-            out().print(f"  [cyan]{phase}[/]: {what}")
+            started["phase"] = phase
+            out().print(f"  [cyan]{phase}[/]: {escape(str(what))}")
         if isinstance(what, str):
-            status.update(f"[cyan]{phase}[/] {what}")
+            steps.step(f"[cyan]{phase}[/] {escape(what)}")
         elif what.status == "failed":
-            out().print(f"  [red]failed[/] {what.task}: {what.message[:400]}")
+            out().print(f"  [red]failed[/] {escape(what.task)}: {escape(what.message[:400])}")
 
     # SIGTERM (a CI timeout, `kill`) cleans up like Ctrl-C: the chroot's mounts and the work folder go.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with status if status is not None else contextlib.nullcontext():
+        with steps if steps is not None else contextlib.nullcontext():
             result = planned.run(progress)
     except DevserverError as exc:
         fail(exc, json_out, context="image build failed")

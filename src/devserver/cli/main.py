@@ -19,7 +19,7 @@ app = typer.Typer(
     name="devserver",
     help="GPU devservers on GCE, Azure, AWS and OpenStack from one spec (devserver.yaml).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -211,8 +211,9 @@ app.command()(doctor)
 
 
 def run() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (also `python -m devserver`, which is named devserver too, so that shell
+    completion answers to the same `_DEVSERVER_COMPLETE` either way)."""
+    app(prog_name="devserver")
 
 
 if __name__ == "__main__":

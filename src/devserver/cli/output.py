@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from enum import IntEnum
 from functools import cache
+from types import TracebackType
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
@@ -23,6 +25,7 @@ from devserver.errors import PROBLEM_MARK, DevserverError, Problem, problem_line
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.status import Status
     from rich.text import Text
 
 
@@ -49,6 +52,43 @@ def err() -> Console:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
+
+
+class Steps:
+    """What a long command (a converge, an image build) is doing, on stderr: a spinner naming the current step on a
+    terminal; elsewhere (a CI log, a pipe) one line per step, printed when it ends, with how long it took — a
+    spinner writes nothing there. Use as a context manager; :meth:`step` starts the next step, ending the last."""
+
+    def __init__(self, first: str) -> None:
+        self._spinner: Status | None = err().status(first, spinner="dots") if err().is_terminal else None
+        self._current = first
+        self._since = time.monotonic()
+
+    def __enter__(self) -> Steps:
+        if self._spinner is not None:
+            self._spinner.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self._spinner is not None:
+            self._spinner.stop()
+        else:
+            self._end_current()
+
+    def step(self, text: str) -> None:
+        """`text` (Rich markup) is what runs now."""
+        if self._spinner is not None:
+            self._spinner.update(text)
+            return
+        if text == self._current:
+            return
+        self._end_current()
+        self._current, self._since = text, time.monotonic()
+
+    def _end_current(self) -> None:
+        err().print(f"  {self._current} [dim]({time.monotonic() - self._since:.1f} s)[/]", soft_wrap=True)
 
 
 def write_json(payload: object) -> None:
