@@ -1,10 +1,12 @@
-"""Wall time of a no-op `devserver update` on a converged test host (goal ≤ 15 s), and what dominates it.
+"""Wall time of a no-op `devserver update` on a converged test host, and what dominates it.
 
 Run as root from the repository root: .venv/bin/python bench/update_noop.py [--runs N] [--host NAME]
 It boots a fresh Debian 12 test host (devtools/testhost), converges it once with the built-in local spec
-(the real Debian driver, CUDA, Docker and containerd — minutes), then times N no-op updates through the real CLI and
-breaks one of them down by phase: SSH preflight, fact gathering, and each role (wall time between task starts, read
-from ansible-runner's events), and lists the slowest tasks.
+(the real Debian driver, CUDA, Docker and containerd — minutes), then times through the real CLI, N runs each:
+the no-op update (the converge stamp and the host state match: no playbook; goal ≤ 3 s), the same with
+`--converge` (the playbook runs and changes nothing; was the no-op before the stamp), and `devserver doctor` over
+SSH (goal ≤ 2 s). Then it breaks one `--converge` run down by phase: SSH preflight, fact gathering, and each role
+(wall time between task starts, read from ansible-runner's events), and lists the slowest tasks.
 
 --host NAME uses a host made by `scripts/testhost up NAME` instead and leaves it up, so that a second run (after a
 role change) skips the boot and, once converged, the first converge too.
@@ -81,25 +83,36 @@ def main() -> None:
                 started = time.perf_counter()
                 _update(argv)
                 print(f"first converge: {time.perf_counter() - started:.0f} s")
-                times = []
-                for _ in range(args.runs):
-                    started = time.perf_counter()
-                    _update(argv)
-                    times.append(time.perf_counter() - started)
-                print(
-                    f"no-op update (CLI, {args.runs} runs): median {statistics.median(times):.1f} s, "
-                    f"min {min(times):.1f} s, max {max(times):.1f} s"
-                )
+                doctor = [
+                    sys.executable, "-m", "devserver", "doctor", f"{host.user}@{host.address}", "--spec",
+                    str(spec_path), "--key", str(host.private_key), "--known-hosts", str(host.known_hosts), "--json",
+                ]  # fmt: skip
+                for what, command, ok in (
+                    ("no-op update (up to date: stamp and host state)", argv, (0,)),
+                    ("no-op update --converge (the playbook, changed=0)", [*argv, "--converge"], (0,)),
+                    ("devserver doctor over SSH (no GPU: one finding)", doctor, (0, 1)),
+                ):
+                    times = [_timed(command, ok) for _ in range(args.runs)]
+                    print(
+                        f"{what}, {args.runs} runs: median {statistics.median(times):.2f} s, "
+                        f"min {min(times):.2f} s, max {max(times):.2f} s"
+                    )
                 _breakdown(host, spec_path, every_task=args.tasks, mitogen=not args.no_mitogen)
         finally:
             if not args.host:
                 th.down(host)
 
 
-def _update(argv: list[str]) -> None:
+def _update(argv: list[str], ok: tuple[int, ...] = (0,)) -> None:
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.exit(f"devserver update failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    if proc.returncode not in ok:
+        sys.exit(f"{argv[3]} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+
+
+def _timed(argv: list[str], ok: tuple[int, ...]) -> float:
+    started = time.perf_counter()
+    _update(argv, ok)
+    return time.perf_counter() - started
 
 
 def _pin() -> str:
@@ -139,10 +152,11 @@ def _breakdown(host: th.TestHost, spec_path: Path, *, every_task: bool, mitogen:
         data_device=host.data_device,
         known_hosts=host.known_hosts,
         mitogen=mitogen,
+        converge=True,
         on_event=on_event,
     )
     per_phase[str(last[1])] += time.perf_counter() - float(last[0])
-    print(f"  one no-op update in-process: {time.perf_counter() - started:.1f} s, changed={summary.changed}")
+    print(f"  one no-op update --converge in-process: {time.perf_counter() - started:.1f} s, changed={summary.changed}")
     for phase, seconds in sorted(per_phase.items(), key=lambda item: -item[1]):
         print(f"    {phase:40s} {seconds:5.1f} s")
     ran = [task for task in per_task if outcome.get(task) != "skipped"]

@@ -131,12 +131,49 @@ def run_command(host: Host, command: str, *, known_hosts: Path | None = None) ->
 def probe(host: Host, *, known_hosts: Path | None = None, args: str = "{}") -> dict[str, Any]:
     """The host-state probe (:mod:`devserver.hoststate.probe`) run as root in one SSH round trip: its raw JSON, for
     :func:`devserver.hoststate.observed.parse`. `args`: :func:`devserver.hoststate.probe.script_args`."""
+    with connect(host, known_hosts=known_hosts) as connection:
+        return _probe(connection, host, args)
+
+
+def probe_with_stamp(host: Host, *, known_hosts: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The host-state probe and the converge stamp (:mod:`devserver.stamp`: the stamp found and the host's
+    fingerprint now), over one SSH connection."""
+    with connect(host, known_hosts=known_hosts) as connection:
+        return _probe(connection, host, "{}"), _stamp(connection, host, "read")
+
+
+def write_stamp(host: Host, inputs: str, *, known_hosts: Path | None = None) -> None:
+    """Record on the host that a converge of `inputs` finished and left it as it is now."""
+    with connect(host, known_hosts=known_hosts) as connection:
+        _stamp(connection, host, "write", inputs)
+
+
+_DONE = {"read": "read", "write": "written"}
+
+
+def _stamp(connection: Any, host: Host, *mode: str) -> dict[str, Any]:
+    from devserver.stamp import SCRIPT, STAMP_PATH, decode
+
+    command = shlex.join(["sudo", "-n", "python3", "-", mode[0], STAMP_PATH, *mode[1:]])
+    result = connection.run(command, hide=True, warn=True, in_stream=io.StringIO(SCRIPT))
+    try:
+        if result.exited != 0:
+            raise ValueError(result.stderr.strip()[-300:])
+        return decode(result.stdout)
+    except ValueError as exc:
+        raise RemoteError(
+            host,
+            f"the converge stamp could not be {_DONE[mode[0]]} ({exc})",
+            "check that python3 and sudo work on the host",
+        ) from None
+
+
+def _probe(connection: Any, host: Host, args: str) -> dict[str, Any]:
     from devserver.hoststate.probe import SCRIPT, ProbeError, decode
 
-    with connect(host, known_hosts=known_hosts) as connection:
-        result = connection.run(
-            f"sudo -n python3 - {shlex.quote(args)}", hide=True, warn=True, in_stream=io.StringIO(SCRIPT)
-        )
+    result = connection.run(
+        f"sudo -n python3 - {shlex.quote(args)}", hide=True, warn=True, in_stream=io.StringIO(SCRIPT)
+    )
     if result.exited != 0:
         raise RemoteError(
             host,

@@ -44,6 +44,7 @@ class HostStats:
     skipped: int = 0
     reboot_required: bool = False
     gpu_check: str = ""  # gpu_verify's result; "" when it did not run (e.g. --only another role)
+    up_to_date: bool = False  # the converge stamp and the host state matched: the playbook did not run here
 
 
 @dataclass

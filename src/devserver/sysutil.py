@@ -2,6 +2,8 @@
 
 Contracts:
 
+* :func:`tree_hash` and :func:`digest` name inputs: a sha256 over a tree's relative paths and file contents, and over
+  a JSON-able value (the image builds' inputs hash, `devserver update`'s converge stamp).
 * :func:`file_lock` holds an exclusive ``flock`` on a file (created, with its folder, when absent) for the duration of
   a ``with`` block, waiting until no other process holds it. The lock belongs to the open file, so a process that dies
   never leaves it held.
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -98,3 +102,22 @@ def _mount_command(target: Path, argv: list[str]) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise MountError(target, f"{' '.join(argv)} failed: {proc.stderr.strip() or f'exit {proc.returncode}'}")
+
+
+def tree_hash(root: Path, parts: tuple[str, ...]) -> str:
+    """sha256 over the relative paths and contents of every file under `root`/`parts` (sorted, caches skipped)."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        base = root / part
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for path in files:
+            if "__pycache__" in path.parts or path.suffix == ".pyc":
+                continue
+            hasher.update(str(path.relative_to(root)).encode() + b"\0")
+            hasher.update(hashlib.sha256(path.read_bytes()).digest())
+    return hasher.hexdigest()
+
+
+def digest(value: object) -> str:
+    """sha256 of `value` as sorted JSON (anything else as its str)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

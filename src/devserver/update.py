@@ -6,6 +6,7 @@ from :mod:`devserver.runner`, the role variables from :mod:`devserver.ansible_va
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,11 +16,11 @@ from devserver.errors import DevserverError, Problem, SpecError
 from devserver.hosts import Host
 from devserver.hoststate import diff
 from devserver.hoststate.diff import Drift as Drift  # re-exported: the CLI renders it
-from devserver.hoststate.expected import expected
+from devserver.hoststate.expected import Expected, expected
 from devserver.hoststate.observed import Observed, parse
 from devserver.plan import Resolved
-from devserver.remote import Preflight, RemoteError, preflight, probe
-from devserver.runner import RunSummary, TaskEvent, ansible_root, run_playbook
+from devserver.remote import Preflight, RemoteError, preflight, probe, probe_with_stamp, write_stamp
+from devserver.runner import HostStats, RunSummary, TaskEvent, ansible_root, run_playbook
 
 PHASES = ("install", "configure")
 
@@ -109,29 +110,89 @@ def update(
     data_device: str | None,
     known_hosts: Path | None,
     mitogen: bool = True,
+    converge: bool = False,
     on_event: Callable[[TaskEvent | str], None] | None = None,
 ) -> RunSummary:
-    """Preflight all hosts, then run the playbook on all of them with the spec's variables: through Mitogen
-    (:func:`devserver.runner.mitogen_envvars`) unless `mitogen` is false or a host lacks python3-apt. Without it,
-    Ansible's apt module installs it and re-runs itself in a new Python, which cannot import the module code that
-    Mitogen serves from memory; so a fresh host's first converge runs over Ansible's own connection (minutes of
-    package installs either way), and the runs after it through Mitogen."""
+    """Preflight all hosts, then run the playbook on those not up to date with the spec's variables.
+
+    Up to date (:mod:`devserver.stamp`): the host's converge stamp names these inputs and its state now, and the
+    host-state model finds no drift — checked in one round trip per host, and the playbook skipped there. `converge`
+    (or `check`, or `only`) always runs it. A full run that finishes on a host writes its stamp.
+
+    The playbook runs through Mitogen (:func:`devserver.runner.mitogen_envvars`) unless `mitogen` is false or a host
+    lacks python3-apt. Without it, Ansible's apt module installs it and re-runs itself in a new Python, which cannot
+    import the module code that Mitogen serves from memory; so a fresh host's first converge runs over Ansible's own
+    connection (minutes of package installs either way), and the runs after it through Mitogen."""
+    from devserver import stamp
     from devserver.ansible_vars import role_vars
 
     tags = tags_for(only)
     checked = check_hosts(hosts, resolved, known_hosts)
     extravars = role_vars(resolved, data_device=data_device)
-    return run_playbook(
-        hosts,
+    full = not check and not tags
+    inputs = stamp.inputs_hash(extravars)
+    current: dict[str, HostStats] = {}
+    if full and not converge:
+        if on_event is not None:
+            on_event("converge stamp and host state")
+        want = expected(resolved, data_device=data_device)
+        current = _up_to_date(checked, want, inputs, known_hosts)
+    todo = [p for p in checked if p.host.name not in current]
+    if not todo:
+        return RunSummary(rc=0, status="up to date", hosts=current)
+    summary = run_playbook(
+        [p.host for p in todo],
         extravars,
         check=check,
         diff=diff,
         tags=tags,
         known_hosts=known_hosts,
-        pythons={p.host.name: p.python for p in checked},
-        mitogen=mitogen and all(p.python_apt for p in checked),
+        pythons={p.host.name: p.python for p in todo},
+        mitogen=mitogen and all(p.python_apt for p in todo),
         on_event=on_event,
     )
+    if full and summary.rc == 0:
+        _write_stamps([p.host for p in todo if _finished(summary, p.host.name)], inputs, known_hosts)
+    summary.hosts.update(current)
+    return summary
+
+
+def _up_to_date(
+    checked: Sequence[Preflight], want: Expected, inputs: str, known_hosts: Path | None
+) -> dict[str, HostStats]:
+    """The hosts whose stamp and state say the playbook has nothing to do, with their stats (in parallel)."""
+    from devserver import stamp
+
+    def one(host: Host) -> HostStats | None:
+        try:
+            raw, found = probe_with_stamp(host, known_hosts=known_hosts)
+        except RemoteError:
+            return None  # the playbook's own run reports what is wrong with the host
+        observed = parse(raw)
+        if not stamp.matches(found, inputs) or diff.drift(want, observed):
+            return None
+        return HostStats(up_to_date=True, reboot_required=bool(observed.reboot_markers))
+
+    with ThreadPoolExecutor(max_workers=min(16, len(checked))) as pool:
+        results = list(pool.map(one, [p.host for p in checked]))
+    return {p.host.name: stats for p, stats in zip(checked, results, strict=True) if stats is not None}
+
+
+def _finished(summary: RunSummary, name: str) -> bool:
+    stats = summary.hosts.get(name)
+    return stats is not None and stats.failed == 0 and stats.unreachable == 0
+
+
+def _write_stamps(hosts: Sequence[Host], inputs: str, known_hosts: Path | None) -> None:
+    """Stamp each host a full run finished on. A host whose stamp cannot be written keeps its old one, whose state
+    no longer matches: its next update runs the playbook again, which is slower, never wrong."""
+
+    def one(host: Host) -> None:
+        with contextlib.suppress(RemoteError):
+            write_stamp(host, inputs, known_hosts=known_hosts)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
+        list(pool.map(one, hosts))
 
 
 def status(host: Host, resolved: Resolved, known_hosts: Path | None) -> tuple[Observed, list[Drift]]:

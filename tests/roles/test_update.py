@@ -125,10 +125,14 @@ def test_update_converges_then_is_idempotent(
     assert host.ssh("findmnt -n -o SOURCE /data").stdout.strip() == host.data_device
     assert host.ssh("sudo docker info --format '{{.DockerRootDir}}'").stdout.strip() == "/data/docker"
 
-    # Day 2: the same update again changes nothing.
-    rc, second = devserver(host, spec)
+    # Day 2: the same update again changes nothing (--converge: the playbook itself says so, not the stamp).
+    rc, second = devserver(host, spec, "--converge")
     assert rc == 0, json.dumps(second["failures"], indent=1)[-6000:]
+    assert second["up_to_date"] == []
     assert second["hosts"][host.address]["changed"] == 0, second["changed_tasks"]
+
+    # Nothing changed since that converge: its stamp and the host's state say so, and no task runs.
+    assert_up_to_date(host, spec)
 
     # Drift is repaired: the roles skip apt and the holds when their probes find everything in place, so a package
     # someone removed and holds someone lifted must still be seen and put back.
@@ -143,6 +147,31 @@ def test_update_converges_then_is_idempotent(
     }, repaired
     assert host.ssh("dpkg-query -W -f='${db:Status-Status}' htop").stdout == "installed"
     assert {"nvidia-driver", "nvidia-container-toolkit"} <= set(host.ssh("apt-mark showhold").stdout.split())
+    assert third["up_to_date"] == []
+
+    # daemon.json edited by hand (the nvidia runtime taken out; dockerd, not restarted, still has it): the stamp's
+    # fingerprint of /etc no longer matches, so the playbook runs and merges the runtime back.
+    host.ssh(
+        "sudo python3 -c \"import json; p = '/etc/docker/daemon.json'; d = json.load(open(p)); "
+        "d['runtimes'].pop('nvidia'); json.dump(d, open(p, 'w'))\""
+    )
+    rc, edited = devserver(host, spec)
+    assert rc == 0, json.dumps(edited["failures"], indent=1)[-6000:]
+    assert edited["up_to_date"] == [], edited
+    assert edited["hosts"][host.address]["changed"] > 0, edited
+    daemon = json.loads(host.ssh("sudo cat /etc/docker/daemon.json").stdout)
+    assert daemon["runtimes"]["nvidia"]["path"].endswith("nvidia-container-runtime")
+
+    # The data volume unmounted: the playbook runs, mounts it again and starts Docker on it.
+    host.ssh("sudo systemctl stop docker.socket docker && sudo umount /data")
+    rc, unmounted = devserver(host, spec)
+    assert rc == 0, json.dumps(unmounted["failures"], indent=1)[-6000:]
+    assert unmounted["up_to_date"] == [], unmounted
+    assert host.ssh("findmnt -n -o SOURCE /data").stdout.strip() == host.data_device
+    assert host.ssh("sudo docker info --format '{{.DockerRootDir}}'").stdout.strip() == "/data/docker"
+
+    # Each of those runs stamped the host again: up to date once more.
+    assert_up_to_date(host, spec)
 
     # Day 2, another source: driver and CUDA from the CUDA repository (here the TEST FIXTURE's, signed with a key of
     # its own that the spec pins by fingerprint; its cuda-drivers-535 depends on Debian's driver, already built, its
@@ -171,9 +200,18 @@ def test_update_converges_then_is_idempotent(
     # nvcc of the version asked for, first on a login shell's PATH (profile.d)
     assert host.ssh("bash -lc 'command -v nvcc'").stdout.strip() == "/usr/local/cuda-12.2/bin/nvcc"
     assert "release 12.2" in host.ssh("bash -lc 'nvcc --version'").stdout
-    rc, again = devserver(host, cuda_spec)
+    rc, again = devserver(host, cuda_spec, "--converge")
     assert rc == 0, json.dumps(again["failures"], indent=1)[-6000:]
     assert again["hosts"][host.address]["changed"] == 0, again["changed_tasks"]
+
+
+def assert_up_to_date(host: th.TestHost, spec: Path) -> None:
+    """`devserver update` finds the host up to date: the playbook does not run (no task is counted)."""
+    rc, result = devserver(host, spec)
+    assert rc == 0, json.dumps(result["failures"], indent=1)[-6000:]
+    assert result["up_to_date"] == [host.address], result
+    stats = result["hosts"][host.address]
+    assert (stats["ok"], stats["changed"], stats["skipped"]) == (0, 0, 0), stats
 
 
 def test_check_mode_on_fresh_host_changes_nothing(

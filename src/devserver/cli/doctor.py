@@ -14,9 +14,10 @@ import typer
 
 
 def doctor(
-    target: Annotated[
+    host: Annotated[
         str | None,
         typer.Argument(
+            metavar="HOST",
             help="user@host[:port], an Ansible inventory file, or a stack folder; this machine when omitted (no SSH).",
             show_default=False,
         ),
@@ -52,7 +53,7 @@ def doctor(
 
     args = script_args(container, ("docker", "containerd"))
     try:
-        reports = [_local(args)] if target is None else _remote(target, spec, key, known_hosts, args, json_out)
+        reports = [_local(args)] if host is None else _remote(host, spec, key, known_hosts, args, json_out)
     except DevserverError as exc:
         fail(exc, json_out)
     _render(reports, json_out)
@@ -69,16 +70,16 @@ def _local(args: str) -> dict[str, Any]:
 
 
 def _remote(
-    target: str, spec: Path | None, key: Path | None, known_hosts: Path | None, args: str, json_out: bool
+    host_arg: str, spec: Path | None, key: Path | None, known_hosts: Path | None, args: str, json_out: bool
 ) -> list[dict[str, Any]]:
     from devserver.cli.hosts import default_spec, hosts_or_exit
     from devserver.cli.render import resolve_or_exit
     from devserver.remote import probe
 
     resolved = resolve_or_exit(default_spec(spec), json_out)
-    hosts = hosts_or_exit(target, resolved, key, json_out)
+    hosts = hosts_or_exit(host_arg, resolved, key, json_out)
     known = known_hosts if known_hosts is not None else Path.home() / ".ssh" / "known_hosts"
-    return [_report(host.name, probe(host, known_hosts=known, args=args)) for host in hosts]
+    return [_report(one.name, probe(one, known_hosts=known, args=args)) for one in hosts]
 
 
 def _report(name: str, raw: dict[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,7 @@ def run_update(
     data_device: str | None,
     known_hosts: Path | None,
     mitogen: bool,
+    converge: bool,
     json_out: bool,
 ) -> None:
     from devserver import update as update_module
@@ -84,6 +85,7 @@ def run_update(
                 data_device=data_device,
                 known_hosts=known_hosts,
                 mitogen=mitogen,
+                converge=converge,
                 on_event=progress,
             )
     except (SpecError, HostsError) as exc:
@@ -104,6 +106,7 @@ def render_summary(summary: RunSummary, check: bool, json_out: bool) -> None:
             "changed_tasks": [asdict(t) for t in summary.changed_tasks],
             "failures": [asdict(t) for t in summary.failures],
             "reboot_required": reboot,
+            "up_to_date": sorted(h for h, s in summary.hosts.items() if s.up_to_date),
         }
         write_json(payload)
         return
@@ -119,9 +122,15 @@ def render_summary(summary: RunSummary, check: bool, json_out: bool) -> None:
             str(stats.unreachable),
             str(stats.skipped),
             "required" if stats.reboot_required else "no",
-            stats.gpu_check or "not run",
+            "up to date: not run" if stats.up_to_date else stats.gpu_check or "not run",
         )
     out().print(table)
+    current = sorted(h for h, s in summary.hosts.items() if s.up_to_date)
+    if current:
+        out().print(
+            f"[green]up to date[/] {', '.join(current)}: converged with these inputs and unchanged since, no drift "
+            "(--converge runs the playbook anyway)"
+        )
     if reboot:
         out().print(
             f"[yellow]reboot required[/] on {', '.join(reboot)} to load the new driver "

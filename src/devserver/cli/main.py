@@ -137,12 +137,20 @@ def update(
             "host where Mitogen misbehaves).",
         ),
     ] = False,
+    converge: Annotated[
+        bool,
+        typer.Option(
+            "--converge", help="Run the playbook even on hosts whose converge stamp and state say they are up to date."
+        ),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Bring live hosts to the spec by running the devserver playbook.
 
-    Checks every host first (SSH, passwordless sudo, OS), then runs the roles on all of them in parallel with
-    progress, and reports changed tasks, failures and hosts that need a reboot. Exit 1 if anything failed.
+    Checks every host first (SSH, passwordless sudo, OS); a host whose last full converge was of these inputs and
+    left it as it is now, with no drift from the spec, is up to date and skipped (--converge runs it anyway). The
+    others run the roles in parallel with progress. Reports changed tasks, failures and hosts that need a reboot.
+    Exit 1 if anything failed.
     """
     from devserver.cli import hosts
 
@@ -156,6 +164,7 @@ def update(
         data_device=data_device,
         known_hosts=_known_hosts(known_hosts),
         mitogen=not no_mitogen,
+        converge=converge,
         json_out=json_out,
     )
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -46,6 +45,7 @@ from devserver.images import artifact
 from devserver.images.artifact import Builder, DiskFile, Manifest, Target
 from devserver.plan import Resolved
 from devserver.runner import RunSummary, TaskEvent, ansible_root
+from devserver.sysutil import digest, tree_hash
 
 # Bump when the build recipe changes in a way the hashed inputs below do not capture.
 RECIPE_VERSION = "1"
@@ -84,24 +84,6 @@ class BuildError(DevserverError):
         self.phase = phase
 
 
-def _tree_hash(root: Path, parts: tuple[str, ...]) -> str:
-    """sha256 over the relative paths and contents of every file under `root`/`parts` (sorted, caches skipped)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        base = root / part
-        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-        for path in files:
-            if "__pycache__" in path.parts or path.suffix == ".pyc":
-                continue
-            digest.update(str(path.relative_to(root)).encode() + b"\0")
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def _digest(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def provision_vars(resolved: Resolved) -> dict[str, object]:
     """The variables of the provision stage: the spec's role variables in image mode."""
     return ansible_vars.role_vars(resolved, image_mode=True)
@@ -120,11 +102,11 @@ def provision_key(resolved: Resolved) -> str:
     root = ansible_root()
     # Only what devserver.yml runs: the image roles (image.yml) belong to the finish stage's hash.
     parts = ("ansible.cfg", "plugins", "playbooks/devserver.yml", *(f"roles/{name}" for name in roles()))
-    return _digest(
+    return digest(
         {
             "recipe": RECIPE_VERSION,
             "base": base.base_key(base.BaseSpec.from_spec(resolved.spec)),
-            "ansible": _tree_hash(root, parts),
+            "ansible": tree_hash(root, parts),
             "vars": provision_vars(resolved),
         }
     )
@@ -133,15 +115,15 @@ def provision_key(resolved: Resolved) -> str:
 def inputs_hash(resolved: Resolved, target: Target, builder: Builder) -> str:
     """The artifact's identity: same hash, same image (see the module docstring)."""
     images_code = Path(__file__).parent
-    return _digest(
+    return digest(
         {
             "provision": provision_key(resolved),
             "target": target,
             "builder": builder,
             "vars": finish_vars(resolved, target),
-            "image_playbook": _tree_hash(ansible_root(), ("playbooks", "roles")),
+            "image_playbook": tree_hash(ansible_root(), ("playbooks", "roles")),
             "formats": artifact.TARGET_FORMATS[target],
-            "code": _tree_hash(images_code, tuple(sorted(p.name for p in images_code.glob("*.py")))),
+            "code": tree_hash(images_code, tuple(sorted(p.name for p in images_code.glob("*.py")))),
         }
     )
 
