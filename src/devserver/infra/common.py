@@ -21,15 +21,12 @@ from devserver import registry
 from devserver.errors import SpecError
 from devserver.loader import load_spec
 from devserver.plan import MachineChoice, Resolved, resolve
+from devserver.registry.resources import ALLOW_WORLD_LABEL as ALLOW_WORLD_LABEL
+from devserver.registry.resources import NAME_LABEL as NAME_LABEL
 from devserver.registry.resources import SSH_PORT as SSH_PORT
 from devserver.registry.resources import cidrs_by_family as cidrs_by_family
 from devserver.spec import DevserverSpec
 
-#: Label/tag key every resource carries; its value is the spec's name. The policy pack requires it.
-NAME_LABEL = "devserver"
-#: Label/tag (or, on resources without labels, description marker) saying the spec set ``ssh.allow_world``.
-#: The policy pack lets a world-open SSH rule through only on resources that carry it.
-ALLOW_WORLD_LABEL = "devserver-allow-world"
 ALLOW_WORLD_MARKER = f"{ALLOW_WORLD_LABEL}=true"
 WORLD_CIDRS = ("0.0.0.0/0", "::/0")
 

@@ -27,7 +27,20 @@ if TYPE_CHECKING:
     from devserver.plan import Resolved
 
 DiskFormat = Literal["raw", "qcow2", "vhd-fixed", "vmdk-stream", "gce-tar"]
-Capability = Literal["gpus", "node_pools", "spot", "trusted_launch", "hyperv_generations"]
+Capability = Literal["gpus", "node_pools", "spot", "trusted_launch", "hyperv_generations", "image_project"]
+
+#: Every OpenSSH public key type the spec's key format admits (``ssh.public_keys``).
+SSH_KEY_TYPES: frozenset[str] = frozenset(
+    {
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    }
+)
 
 
 class MissingExtraError(ImportError):
@@ -65,6 +78,21 @@ class Capabilities:
     spot: bool = False  # spot / preemptible capacity (`machine.spot`)
     trusted_launch: bool = False  # secure boot + vTPM (`cloud.trusted_launch`), which needs a gen2 size
     hyperv_generations: bool = False  # machine sizes come in Hyper-V generations the image must match
+    image_project: bool = False  # a built image may live in another project (`image.project`)
+
+
+@dataclass(frozen=True)
+class LoginFacts:
+    """What the cloud's SSH key import and VM creation accept for the spec's ``ssh`` section.
+
+    `key_types`: the OpenSSH key types its key import (or metadata) takes. `min_rsa_bits`: the smallest RSA modulus
+    it takes (0: no minimum of its own). `reserved_users`: admin user names it refuses (or never lets log in), on top
+    of the system accounts the spec refuses everywhere. Each entry cites where these facts come from.
+    """
+
+    key_types: frozenset[str] = SSH_KEY_TYPES
+    min_rsa_bits: int = 0
+    reserved_users: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -94,6 +122,7 @@ class Cloud:
     :mod:`devserver.registry.resources`); the stack takes its names from it and ``devserver plan`` lists it.
     `component` / `uploader`: the Pulumi component class and the uploader factory, imported only when used.
     `upload_sdk`: the modules the uploader imports, checked before an upload starts.
+    `login`: the SSH key types and admin user names the cloud accepts (see :class:`LoginFacts`).
     """
 
     name: str
@@ -107,6 +136,7 @@ class Cloud:
     component: Lazy | None = None
     uploader: Lazy | None = None
     upload_sdk: tuple[str, ...] = ()
+    login: LoginFacts = field(default_factory=LoginFacts)
 
     def offers(self, capability: Capability) -> bool:
         return bool(getattr(self.capabilities, capability))
@@ -196,10 +226,12 @@ CLOUDS: tuple[Cloud, ...] = _entries()
 
 __all__ = [
     "CLOUDS",
+    "SSH_KEY_TYPES",
     "Capabilities",
     "Cloud",
     "DiskFormat",
     "Lazy",
+    "LoginFacts",
     "MissingExtraError",
     "PackerFacts",
     "PlannedResource",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from devserver.registry import Capabilities, Cloud, Lazy, PackerFacts
+from devserver.registry import Capabilities, Cloud, Lazy, LoginFacts, PackerFacts
 from devserver.registry import resources as r
 from devserver.registry.resources import PlannedResource
 
@@ -45,6 +45,12 @@ NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
     "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
 )
+
+
+# Key types: ImportKeyPair "imports the public key from an RSA or ED25519 key pair"
+# (docs.aws.amazon.com/AWSEC2/latest/APIReference/API_ImportKeyPair.html); ECDSA and FIDO keys are refused.
+# AWS documents no reserved user names; the stock AMIs' own users (admin, ubuntu) are refused for every cloud.
+LOGIN = LoginFacts(key_types=frozenset({"ssh-rsa", "ssh-ed25519"}))
 
 
 def attachment_key(role: str, policy_arn: str) -> str:
@@ -144,4 +150,5 @@ CLOUD = Cloud(
     component=Lazy("devserver.infra.aws", "AwsDevserver", extra="aws"),
     uploader=Lazy("devserver.clouds.aws", "from_options", extra="aws"),
     upload_sdk=("boto3",),
+    login=LOGIN,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from devserver.registry import Capabilities, Cloud, Lazy, PackerFacts
+from devserver.registry import Capabilities, Cloud, Lazy, LoginFacts, PackerFacts
 from devserver.registry import resources as r
 from devserver.registry.resources import PlannedResource
 
@@ -14,6 +14,52 @@ from devserver.registry.resources import PlannedResource
 # `devserver --help` imports it and must not load pydantic or the catalog.
 if TYPE_CHECKING:
     from devserver.plan import Resolved
+
+
+# Key types: "Supported SSH key formats" in learn.microsoft.com/azure/virtual-machines/linux/create-ssh-keys-detailed
+# (SSH-2 RSA of at least 2048 bits, and ED25519; ECDSA and FIDO keys are refused).
+# Admin names: the "Disallowed values" of osProfile.adminUsername in the Compute REST reference
+# (learn.microsoft.com/rest/api/compute/virtual-machines/create-or-update#osprofile).
+LOGIN = LoginFacts(
+    key_types=frozenset({"ssh-rsa", "ssh-ed25519"}),
+    min_rsa_bits=2048,
+    reserved_users=frozenset(
+        {
+            "administrator",
+            "admin",
+            "user",
+            "user1",
+            "test",
+            "user2",
+            "test1",
+            "user3",
+            "admin1",
+            "1",
+            "123",
+            "a",
+            "actuser",
+            "adm",
+            "admin2",
+            "aspnet",
+            "backup",
+            "console",
+            "david",
+            "guest",
+            "john",
+            "owner",
+            "root",
+            "server",
+            "sql",
+            "support",
+            "support_388945a0",
+            "sys",
+            "test2",
+            "test3",
+            "user4",
+            "user5",
+        }
+    ),
+)
 
 
 def resources(resolved: Resolved) -> tuple[PlannedResource, ...]:
@@ -107,4 +153,5 @@ CLOUD = Cloud(
     component=Lazy("devserver.infra.azure", "AzureDevserver", extra="azure"),
     uploader=Lazy("devserver.clouds.azure", "from_options", extra="azure"),
     upload_sdk=("azure.storage.blob", "azure.mgmt.compute", "azure.identity"),
+    login=LOGIN,
 )

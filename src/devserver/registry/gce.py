@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from devserver.registry import Capabilities, Cloud, Lazy, PackerFacts
+from devserver.registry import Capabilities, Cloud, Lazy, LoginFacts, PackerFacts
 from devserver.registry import resources as r
 from devserver.registry.resources import PlannedResource
 
@@ -14,6 +14,12 @@ from devserver.registry.resources import PlannedResource
 # `devserver --help` imports it and must not load pydantic or the catalog.
 if TYPE_CHECKING:
     from devserver.plan import Resolved
+
+
+# Metadata SSH keys are written to authorized_keys by the guest agent, so every OpenSSH key type works; "SSH access
+# to instances as the root user is disabled even if you specify an SSH key in project or instance metadata for root"
+# (cloud.google.com/compute/docs/instances/adding-removing-ssh-keys). root is refused for every cloud already.
+LOGIN = LoginFacts()
 
 
 def resources(resolved: Resolved) -> tuple[PlannedResource, ...]:
@@ -91,10 +97,11 @@ CLOUD = Cloud(
     # GCE imports a tar.gz holding one file named disk.raw, written in oldgnu format with sparse files.
     image_formats=(("gce-tar", "disk.raw.tar.gz"),),
     region_field="cloud.zone",
-    capabilities=Capabilities(node_pools=True, spot=True),
+    capabilities=Capabilities(node_pools=True, spot=True, image_project=True),
     resources=resources,
     packer=PackerFacts("googlecompute", packer_variables),
     component=Lazy("devserver.infra.gce", "GceDevserver", extra="gce"),
     uploader=Lazy("devserver.clouds.gce", "from_options", extra="gce"),
     upload_sdk=("google.cloud.storage", "google.cloud.compute_v1"),
+    login=LOGIN,
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from devserver.registry import Capabilities, Cloud, Lazy, PackerFacts
+from devserver.registry import Capabilities, Cloud, Lazy, LoginFacts, PackerFacts
 from devserver.registry import resources as r
 from devserver.registry.resources import PlannedResource
 
@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 LOGIN_USERS = {"debian-12": "debian", "ubuntu-22.04": "ubuntu", "ubuntu-24.04": "ubuntu"}
 
 
+# Nova's keypair import parses the key with pyca/cryptography's load_ssh_public_key (nova/crypto.py): RSA, ECDSA and
+# ED25519. FIDO (sk-*) keys load only with cryptography 43 or newer (pyca/cryptography#10608), which a site's Nova
+# may not run, so they are refused. Nova documents no reserved user names.
+LOGIN = LoginFacts(
+    key_types=frozenset({"ssh-rsa", "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"})
+)
+
+
 def resources(resolved: Resolved) -> tuple[PlannedResource, ...]:
     from devserver.spec import OpenStackCloud
 
@@ -29,6 +37,11 @@ def resources(resolved: Resolved) -> tuple[PlannedResource, ...]:
     name = spec.name
     net = "openstack:networking"
     cidrs = spec.ssh.allowed_cidrs
+    # The boot disk is a Cinder volume of the site's default volume type; whether that type encrypts is the site's.
+    details = {
+        **r.vm_details(resolved),
+        "boot disk": f"{spec.disks.boot_gb} GiB Cinder volume, encryption: the site's volume type decides",
+    }
     out = [
         PlannedResource("network", cloud.network, {"state": "existing"}, existing=True),
         PlannedResource("security group", f"{name}-ssh", r.ssh_details(cidrs), "ssh", f"{net}/secGroup:SecGroup"),
@@ -44,7 +57,7 @@ def resources(resolved: Resolved) -> tuple[PlannedResource, ...]:
         ),
         PlannedResource("port", f"{name}-port", {"network": cloud.network}, "port", f"{net}/port:Port"),
         PlannedResource("key pair", f"{name}-key", {}, "key", "openstack:compute/keypair:Keypair"),
-        PlannedResource("GPU VM", f"{name}-vm", r.vm_details(resolved), "vm", "openstack:compute/instance:Instance"),
+        PlannedResource("GPU VM", f"{name}-vm", details, "vm", "openstack:compute/instance:Instance"),
         PlannedResource(
             "floating IP", f"{name}-ip", {"pool": cloud.external_network}, "ip", f"{net}/floatingIp:FloatingIp"
         ),
@@ -101,4 +114,5 @@ CLOUD = Cloud(
     component=Lazy("devserver.infra.openstack", "OpenStackDevserver", extra="openstack"),
     uploader=Lazy("devserver.clouds.openstack", "from_options", extra="openstack"),
     upload_sdk=("openstack",),
+    login=LOGIN,
 )

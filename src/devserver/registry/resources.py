@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     from devserver.plan import NodePoolPlan, Resolved
 
 SSH_PORT = 22
+#: Label/tag key every resource carries; its value is the spec's name. The policy pack requires it.
+NAME_LABEL = "devserver"
+#: Label/tag (or, on resources without labels, description marker) saying the spec set ``ssh.allow_world``.
+#: The policy pack lets a world-open SSH rule through only on resources that carry it.
+ALLOW_WORLD_LABEL = "devserver-allow-world"
+#: The label keys devserver sets itself: a spec's ``labels`` may not name them.
+RESERVED_LABELS = (NAME_LABEL, ALLOW_WORLD_LABEL)
 
 
 @dataclass(frozen=True)
