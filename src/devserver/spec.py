@@ -15,10 +15,11 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
-from devserver import registry, versions
+from devserver import login, registry, versions
 from devserver.errors import FieldError
+from devserver.registry.resources import RESERVED_LABELS
 
 OsName = Literal["debian-12", "ubuntu-22.04", "ubuntu-24.04"]
 
@@ -28,6 +29,10 @@ _SSH_KEY_RE = re.compile(
     r" [A-Za-z0-9+/]+={0,3}( .*)?$"
 )
 _VERSION_RE = r"^\d+\.\d+(\.\d+)?$"
+
+# Booleans and integers are strict: YAML's true/false (and YAML 1.1's yes/no) are booleans and 12 is an integer, but
+# a quoted "yes", a `true` where a count goes or 16.0 are refused rather than coerced to something the user never
+# wrote. Every boolean and integer field of the spec is a StrictBool or a StrictInt.
 
 
 class _Model(BaseModel):
@@ -57,7 +62,7 @@ class AzureCloud(_Model):
     )
     resource_group: str = Field(pattern=r"^[-\w.()]{1,89}[-\w()]$", description="Resource group (created if absent).")
     location: str = Field(description="Azure location, e.g. westeurope.")
-    trusted_launch: bool = Field(default=False, description="Use Trusted Launch (secure boot + vTPM, gen2 only).")
+    trusted_launch: StrictBool = Field(default=False, description="Use Trusted Launch (secure boot + vTPM, gen2 only).")
 
     @property
     def region(self) -> str:
@@ -71,6 +76,20 @@ class AwsCloud(_Model):
     region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$", description="Region, e.g. us-east-1.")
     subnet_id: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]{8,17}$")
     availability_zone: str | None = Field(default=None, pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
+
+    @model_validator(mode="after")
+    def _zone_in_region(self) -> AwsCloud:
+        # An availability zone is its region's name plus one letter (us-east-1a); the default subnet of a zone in
+        # another region cannot be found from this region.
+        zone = self.availability_zone
+        if zone is not None and zone[:-1] != self.region:
+            raise FieldError(
+                "availability_zone",
+                f"is not in region {self.region}",
+                f"use one of {self.region}'s zones, e.g. {self.region}a, or set cloud.region: {zone[:-1]}",
+                zone,
+            )
+        return self
 
 
 class OpenStackCloud(_Model):
@@ -87,8 +106,8 @@ class LocalCloud(_Model):
     """A local qemu VM: what `devserver image build --target local` and `image boot` produce. No GPU."""
 
     provider: Literal["local"]
-    cpus: int = Field(default=2, ge=1, le=64)
-    memory_gb: int = Field(default=4, ge=1, le=512)
+    cpus: StrictInt = Field(default=2, ge=1, le=64)
+    memory_gb: StrictInt = Field(default=4, ge=1, le=512)
 
     @property
     def region(self) -> str:
@@ -100,7 +119,7 @@ Cloud = Annotated[GceCloud | AzureCloud | AwsCloud | OpenStackCloud | LocalCloud
 
 class GpuRequest(_Model):
     model: str = Field(min_length=1, description="GPU model from the catalog, e.g. t4, l4, a100-80gb, h100.")
-    count: int = Field(default=1, ge=1, le=16)
+    count: StrictInt = Field(default=1, ge=1, le=16)
 
     @field_validator("model")
     @classmethod
@@ -113,7 +132,7 @@ class Machine(_Model):
 
     gpu: GpuRequest | None = None
     type: str | None = Field(default=None, min_length=1, description="Machine type / size / flavor.")
-    spot: bool = Field(default=False, description="Spot / preemptible capacity.")
+    spot: StrictBool = Field(default=False, description="Spot / preemptible capacity.")
 
 
 class ImageRef(_Model):
@@ -124,9 +143,9 @@ class ImageRef(_Model):
 
 
 class DataVolume(_Model):
-    size_gb: int = Field(ge=1, le=65536)
+    size_gb: StrictInt = Field(ge=1, le=65536)
     mount_point: str = Field(default="/data", pattern=r"^/[A-Za-z0-9._/-]*[A-Za-z0-9._-]$")
-    docker_data_root: bool = Field(default=True, description="Move Docker's data-root onto the data volume.")
+    docker_data_root: StrictBool = Field(default=True, description="Move Docker's data-root onto the data volume.")
     filesystem: Literal["ext4", "xfs"] = "ext4"
 
     @field_validator("mount_point")
@@ -139,7 +158,7 @@ class DataVolume(_Model):
 
 
 class Disks(_Model):
-    boot_gb: int = Field(default=100, ge=20, le=4096)
+    boot_gb: StrictInt = Field(default=100, ge=20, le=4096)
     data: DataVolume | None = None
 
 
@@ -149,7 +168,7 @@ class Ssh(_Model):
     admin_user: str = Field(default="devserver", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     public_keys: list[str] = Field(default_factory=list)
     allowed_cidrs: list[str] = Field(default_factory=list)
-    allow_world: bool = Field(
+    allow_world: StrictBool = Field(
         default=False, description="Permit 0.0.0.0/0 or ::/0 in allowed_cidrs. Off unless you say so."
     )
 
@@ -197,7 +216,7 @@ class Ssh(_Model):
 
 
 class Driver(_Model):
-    branch: int | None = Field(
+    branch: StrictInt | None = Field(
         default=None, ge=300, le=999, description="Driver branch, e.g. 535. Default: the distro's, or the pinned one."
     )
     flavour: Literal["auto", "open", "proprietary"] = Field(
@@ -209,7 +228,7 @@ class Driver(_Model):
 
 
 class Cuda(_Model):
-    install: bool = True
+    install: StrictBool = True
     version: str = Field(default="auto", description="X.Y, or auto: the newest the source offers for the branch.")
 
     @field_validator("version")
@@ -225,13 +244,27 @@ class Software(_Model):
     cuda: Cuda = Field(default_factory=Cuda)
     container_toolkit: str = Field(default=versions.CONTAINER_TOOLKIT, pattern=_VERSION_RE)
     container_runtime: Literal["docker", "containerd", "both", "none"] = "both"
-    default_runtime_nvidia: bool = Field(default=False, description="Make nvidia the default container runtime.")
-    reboot: bool = Field(default=False, description="Let `devserver update` reboot a host when the driver needs it.")
+    default_runtime_nvidia: StrictBool = Field(default=False, description="Make nvidia the default container runtime.")
+    reboot: StrictBool = Field(
+        default=False, description="Let `devserver update` reboot a host when the driver needs it."
+    )
     gpu_check_image: str = Field(
         default="docker.io/library/ubuntu:24.04",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$",
         description="Image of the GPU-in-a-container check that ends `devserver update` (a mirror can serve it).",
     )
+
+    @model_validator(mode="after")
+    def _toolkit_needs_runtime(self) -> Software:
+        # Without a container engine the role installs no toolkit: a version given explicitly would do nothing.
+        if self.container_runtime == "none" and "container_toolkit" in self.model_fields_set:
+            raise FieldError(
+                "container_toolkit",
+                "is never installed: container_runtime is none",
+                "remove software.container_toolkit, or set software.container_runtime",
+                self.container_toolkit,
+            )
+        return self
 
 
 class Repositories(_Model):
@@ -296,7 +329,7 @@ class NodePool(_Model):
     name: str = Field(default="gpu", pattern=r"^[a-z][a-z0-9]{0,11}$", description="Pool name (AKS: ≤ 12 chars).")
     gpu: GpuRequest
     machine_type: str | None = None
-    node_count: int = Field(default=1, ge=0, le=100)
+    node_count: StrictInt = Field(default=1, ge=0, le=100)
     taints: list[Taint] = Field(default_factory=_gpu_taint)
 
 
@@ -317,7 +350,7 @@ class KindCluster(_Model):
 class GpuOperator(_Model):
     """NVIDIA's GPU operator on the host driver (devserver installs the driver; the operator never does)."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     version: str = Field(default=versions.GPU_OPERATOR, pattern=r"^v\d+\.\d+\.\d+$", description="Chart version.")
     toolkit: Literal["auto", "on", "off"] = Field(
         default="auto", description="The operator's container toolkit; auto decides per case (see docs/kubernetes.md)."
@@ -330,8 +363,8 @@ class GpuOperator(_Model):
 class Nvshare(_Model):
     """nvshare: one GPU per node shared by up to `virtual_devices` pods (nvshare.com/gpu)."""
 
-    enabled: bool = False
-    virtual_devices: int = Field(default=10, ge=1, le=64, description="nvshare.com/gpu devices per GPU.")
+    enabled: StrictBool = False
+    virtual_devices: StrictInt = Field(default=10, ge=1, le=64, description="nvshare.com/gpu devices per GPU.")
     lib_image: str = Field(default=versions.NVSHARE_LIB_IMAGE, min_length=1, description="libnvshare image.")
     device_plugin_image: str = Field(default=versions.NVSHARE_DEVICE_PLUGIN_IMAGE, min_length=1)
     scheduler_image: str = Field(default=versions.NVSHARE_SCHEDULER_IMAGE, min_length=1)
@@ -402,6 +435,10 @@ class DevserverSpec(_Model):
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
         # The strictest of the four clouds (GCE): lowercase keys and values, ≤ 63 chars.
         for key, value in labels.items():
+            if key in RESERVED_LABELS:
+                raise FieldError(
+                    key, "is a label devserver sets itself", "give your label another key, e.g. team or project", key
+                )
             if not re.match(r"^[a-z][a-z0-9_-]{0,62}$", key):
                 raise FieldError(key, "is not a valid label key", "use lowercase letters, digits, _ or -", key)
             if not re.match(r"^[a-z0-9_-]{0,63}$", value):
@@ -439,4 +476,14 @@ class DevserverSpec(_Model):
             raise FieldError(
                 "software.default_runtime_nvidia", "needs a container runtime", "set software.container_runtime"
             )
+        cloud = registry.get(provider)
+        if self.image is not None and self.image.project is not None and not cloud.offers("image_project"):
+            offering = registry.with_capability("image_project")
+            raise FieldError(
+                "image.project",
+                f"is read only on {registry.spoken(offering, 'or')}, not {provider}",
+                f"remove image.project; give the image as {cloud.title} names it in image.name",
+                self.image.project,
+            )
+        login.check(self.ssh.admin_user, self.ssh.public_keys, cloud)
         return self

@@ -119,3 +119,14 @@ def test_examples_plan(example: Path) -> None:
         assert firewall
         admitted = {cidr for r in firewall for cidr in r.details["from"].split(", ")}
         assert admitted == set(resolved.spec.ssh.allowed_cidrs)
+
+
+def test_boot_disk_encryption_is_claimed_only_where_the_stack_sets_it() -> None:
+    # GCE encrypts every disk, the AWS and Azure stacks turn encryption on; on OpenStack the site's Cinder volume type
+    # decides, so the plan must not promise it.
+    for example in ("gce", "azure", "aws", "openstack"):
+        (vm,) = [r for r in planned_resources(resolve(load_spec(EXAMPLES / f"{example}.yaml"))) if r.kind == "GPU VM"]
+        if example == "openstack":
+            assert vm.details["boot disk"].endswith("Cinder volume, encryption: the site's volume type decides")
+        else:
+            assert vm.details["boot disk"].endswith("GiB, encrypted")
