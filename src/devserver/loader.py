@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,52 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
     return result
 
 
+_Constructor = Callable[[yaml.SafeLoader, yaml.ScalarNode], object]
+
+# No spec field holds a number this long; Python itself refuses to print or parse an int of more than 4300 digits.
+MAX_DIGITS = 4000
+_TOO_LARGE = 10**MAX_DIGITS
+
+
+def _scalar(construct: _Constructor, what: str) -> _Constructor:
+    """`construct` (PyYAML's own constructor for an implicit int, float or timestamp), with the text its resolver
+    matches but Python cannot convert (``0x_``, ``2026-13-45``) and the numbers too long to show in a problem
+    (``1:30:...`` sexagesimal chains, thousands of digits) refused as located ConstructorErrors."""
+
+    def checked(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> object:
+        if what == "a number" and len(node.value) > MAX_DIGITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a number has more than {MAX_DIGITS} digits", node.start_mark
+            )
+        try:
+            value = construct(loader, node)
+        except (ValueError, OverflowError):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{_clip(node.value)} is not {what}", node.start_mark
+            ) from None
+        if isinstance(value, int) and abs(value) >= _TOO_LARGE:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a number has more than {MAX_DIGITS} digits", node.start_mark
+            )
+        return value
+
+    return checked
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_constructor(
+    "tag:yaml.org,2002:int", _scalar(yaml.constructor.SafeConstructor.construct_yaml_int, "a number")
+)
+_StrictLoader.add_constructor(
+    "tag:yaml.org,2002:float", _scalar(yaml.constructor.SafeConstructor.construct_yaml_float, "a number")
+)
+_StrictLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp", _scalar(yaml.constructor.SafeConstructor.construct_yaml_timestamp, "a date")
+)
 
 
 def load_spec(path: Path | str) -> DevserverSpec:
