@@ -73,6 +73,21 @@ MAX_DIGITS = 4000
 _TOO_LARGE = 10**MAX_DIGITS
 
 
+class _ScalarError(yaml.constructor.ConstructorError):
+    """A scalar YAML reads as a number or a date that Python cannot hold; `fix` says what to write instead."""
+
+    def __init__(self, problem: str, mark: yaml.Mark, fix: str) -> None:
+        super().__init__(None, None, problem, mark)
+        self.fix = fix
+
+
+_TOO_LONG_FIX = "write a number in the field's range (`devserver schema` gives each one)"
+_UNREADABLE_FIX = {
+    "a number": "write the number in decimal, e.g. 100, or quote it if it is text",
+    "a date": "quote it if it is text, or write a real date (YYYY-MM-DD)",
+}
+
+
 def _scalar(construct: _Constructor, what: str) -> _Constructor:
     """`construct` (PyYAML's own constructor for an implicit int, float or timestamp), with the text its resolver
     matches but Python cannot convert (``0x_``, ``2026-13-45``) and the numbers too long to show in a problem
@@ -80,19 +95,13 @@ def _scalar(construct: _Constructor, what: str) -> _Constructor:
 
     def checked(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> object:
         if what == "a number" and len(node.value) > MAX_DIGITS:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"a number has more than {MAX_DIGITS} digits", node.start_mark
-            )
+            raise _ScalarError(f"a number has more than {MAX_DIGITS} digits", node.start_mark, _TOO_LONG_FIX)
         try:
             value = construct(loader, node)
         except (ValueError, OverflowError):
-            raise yaml.constructor.ConstructorError(
-                None, None, f"{_clip(node.value)} is not {what}", node.start_mark
-            ) from None
+            raise _ScalarError(f"{_clip(node.value)} is not {what}", node.start_mark, _UNREADABLE_FIX[what]) from None
         if isinstance(value, int) and abs(value) >= _TOO_LARGE:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"a number has more than {MAX_DIGITS} digits", node.start_mark
-            )
+            raise _ScalarError(f"a number has more than {MAX_DIGITS} digits", node.start_mark, _TOO_LONG_FIX)
         return value
 
     return checked
@@ -178,7 +187,8 @@ def _parse_yaml(text: str, source: str) -> object:
         problem = exc.problem or "unsupported YAML"
         if "could not determine a constructor" in problem:
             problem = f"uses a YAML tag that specs do not allow ({problem.split('tag ', 1)[-1]})"
-        raise _fail(source, f"{where}{problem}", "write plain YAML: mappings, lists, strings, numbers") from None
+        fix = exc.fix if isinstance(exc, _ScalarError) else "write plain YAML: mappings, lists, strings, numbers"
+        raise _fail(source, f"{where}{problem}", fix) from None
     except yaml.MarkedYAMLError as exc:
         where = _mark(exc.problem_mark)
         raise _fail(source, f"{where}is not valid YAML: {exc.problem}", "fix the YAML syntax there") from None
