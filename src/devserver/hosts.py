@@ -27,13 +27,15 @@ _HOST_RE = re.compile(
 
 @dataclass(frozen=True)
 class Host:
-    """One machine to reach over SSH. `name` is the inventory name Ansible reports it under."""
+    """One machine to reach over SSH. `name` is the inventory name Ansible reports it under. `data_device`: the
+    data volume's stable device path on it, where the host came from a stack that exports one."""
 
     name: str
     address: str
     user: str
     port: int = 22
     key_file: Path | None = None
+    data_device: str | None = None
 
 
 def parse_hosts(argument: str, *, default_user: str, key_file: Path | None) -> list[Host]:
@@ -81,14 +83,16 @@ def _from_stack(folder: Path, key_file: Path | None) -> Host:
         raise _bad(str(folder), f"`pulumi stack output` failed: {detail}", "run `pulumi up` there first")
     try:
         outputs = json.loads(result.stdout)
+        device = outputs.get("data_device")
         return Host(
             name=str(outputs["host"]),
             address=str(outputs["host"]),
             user=str(outputs["ssh_user"]),
             port=int(outputs.get("ssh_port", 22)),
             key_file=key_file,
+            data_device=str(device) if device else None,
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _bad(
             str(folder),
             f"stack outputs lack host/ssh_user/ssh_port ({exc})",

@@ -95,6 +95,7 @@ class _Checker:
         flavour = self._flavour(machine, branch)
         cuda = self._cuda(branch)
         pools = self._node_pools()
+        self._cluster_endpoint(cloud, pools)
         gpus = [pool.machine.gpu_count for pool in pools] if pools else [machine.gpu_count if machine else 0]
         k8s = kubernetes_module.resolve(spec, gpus, self.error, self.warn)
         if machine is not None and cloud.offers("hyperv_generations"):
@@ -153,6 +154,29 @@ class _Checker:
                 taints = tuple(f"{t.key}={t.value}:{t.effect}" for t in pool.taints)
                 pools.append(NodePoolPlan(pool.name, choice, pool.node_count, taints))
         return pools
+
+    def _cluster_endpoint(self, cloud: registry.Cloud, pools: list[NodePoolPlan]) -> None:
+        """A managed cluster's API endpoint admits ``ssh.allowed_cidrs``: refuse a spec none of whose networks the
+        cloud's endpoint ACL can hold (the endpoint would be open to the internet, or reachable by no one)."""
+        endpoint = cloud.cluster_endpoint
+        cidrs = self.spec.ssh.allowed_cidrs
+        if not pools or not cidrs:
+            return
+        if endpoint is None:
+            self.error(
+                "kubernetes.node_pools",
+                f"devserver does not know how to restrict {cloud.title}'s cluster API endpoint",
+                "remove kubernetes.node_pools",
+            )
+        elif not endpoint.admitted(cidrs):
+            only = endpoint.families_text
+            self.error(
+                "ssh.allowed_cidrs",
+                f"has no {only} network, and the {endpoint.service} API endpoint's {endpoint.acl} take {only} only: "
+                "the cluster API would be open to the internet or reachable by no one",
+                f"add the {only} network you run kubectl from, e.g. 203.0.113.4/32",
+                ", ".join(cidrs),
+            )
 
     def _gpu_arch(self, machine: MachineChoice | None) -> tuple[str | None, str | None]:
         if machine is None or machine.gpu is None:

@@ -122,20 +122,24 @@ def update(
     The playbook runs through Mitogen (:func:`devserver.runner.mitogen_envvars`) unless `mitogen` is false or a host
     lacks python3-apt. Without it, Ansible's apt module installs it and re-runs itself in a new Python, which cannot
     import the module code that Mitogen serves from memory; so a fresh host's first converge runs over Ansible's own
-    connection (minutes of package installs either way), and the runs after it through Mitogen."""
+    connection (minutes of package installs either way), and the runs after it through Mitogen.
+
+    `data_device` (``--data-device``) overrides the data volume's device; without it, the one the stack exported
+    (:attr:`Host.data_device`) is used."""
     from devserver import stamp
     from devserver.ansible_vars import role_vars
 
     tags = tags_for(only)
+    device = data_device_for(hosts, resolved, data_device)
     checked = check_hosts(hosts, resolved, known_hosts)
-    extravars = role_vars(resolved, data_device=data_device)
+    extravars = role_vars(resolved, data_device=device)
     full = not check and not tags
     inputs = stamp.inputs_hash(extravars)
     current: dict[str, HostStats] = {}
     if full and not converge:
         if on_event is not None:
             on_event("converge stamp and host state")
-        want = expected(resolved, data_device=data_device)
+        want = expected(resolved, data_device=device)
         current = _up_to_date(checked, want, inputs, known_hosts)
     todo = [p for p in checked if p.host.name not in current]
     if not todo:
@@ -195,10 +199,44 @@ def _write_stamps(hosts: Sequence[Host], inputs: str, known_hosts: Path | None) 
         list(pool.map(one, hosts))
 
 
+def data_device_for(hosts: Sequence[Host], resolved: Resolved, override: str | None) -> str | None:
+    """The data volume's device for the roles: `override` (``--data-device``) when given, else the device the
+    stack exported for its one host (hosts from an inventory or ``user@host`` carry none: the data volume is then
+    left alone, as before). Raises SpecError when a stack exports a data device but the spec has no
+    ``disks.data`` (the spec is not the one the stack was deployed from)."""
+    if override is not None:
+        return override
+    exported = sorted({h.data_device for h in hosts if h.data_device is not None})
+    if not exported:
+        return None
+    if resolved.spec.disks.data is None:
+        raise SpecError(
+            "disks.data",
+            [
+                Problem(
+                    "disks.data",
+                    f"is not in the spec, but the stack exports a data disk ({', '.join(exported)})",
+                    "pass --spec with the spec the stack was deployed from",
+                )
+            ],
+        )
+    if len(exported) > 1:
+        raise SpecError(
+            "--data-device",
+            [
+                Problem(
+                    "--data-device", "differs between the hosts", "update one stack at a time, or pass --data-device"
+                )
+            ],
+        )
+    return exported[0]
+
+
 def status(host: Host, resolved: Resolved, known_hosts: Path | None) -> tuple[Observed, list[Drift]]:
     """What the host is, and every difference from what the spec resolves to (one probe round trip)."""
     observed = parse(probe(host, known_hosts=known_hosts))
-    return observed, diff.drift(expected(resolved), observed)
+    device = host.data_device if resolved.spec.disks.data is not None else None
+    return observed, diff.drift(expected(resolved, data_device=device), observed)
 
 
 def drift(facts: dict[str, Any], resolved: Resolved) -> list[Drift]:

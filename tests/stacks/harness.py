@@ -53,6 +53,16 @@ _COMPUTED: Mapping[str, Mapping[str, Any]] = {
 }
 
 
+# Resource IDs the cloud assigns where a program derives something from one (the data disk's device path);
+# every other resource gets "<name>-id".
+FAKE_EBS_VOLUME_ID = "vol-0123456789abcdef0"
+FAKE_CINDER_VOLUME_ID = "6a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+_IDS: Mapping[str, str] = {
+    "aws:ebs/volume:Volume": FAKE_EBS_VOLUME_ID,
+    "openstack:blockstorage/volume:Volume": FAKE_CINDER_VOLUME_ID,
+}
+
+
 def _call_result(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {
         "aws:ssm/getParameter:getParameter": {"name": args.get("name"), "type": "String", "value": FAKE_AMI},
@@ -96,7 +106,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         self.resources.append(Resource(args.typ, args.name, dict(args.inputs), args.provider or None))
         state = {"name": args.name, **_COMPUTED.get(args.typ, {}), **args.inputs}
-        return f"{args.name}-id", state
+        return _IDS.get(args.typ, f"{args.name}-id"), state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
         self.calls.append(Call(args.token, dict(args.args)))

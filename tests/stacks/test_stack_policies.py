@@ -48,9 +48,10 @@ def world_spec(cloud: str, directory: Path) -> Path:
     return path
 
 
-def test_the_pack_has_the_five_policies() -> None:
+def test_the_pack_has_the_six_policies() -> None:
     assert [p.name for p in POLICIES] == [
         "devserver-no-world-ingress",
+        "devserver-no-world-cluster-endpoint",
         "devserver-disks-encrypted",
         "devserver-gce-gpu-terminate",
         "devserver-aws-imdsv2",
@@ -119,6 +120,97 @@ def test_world_open_ingress_without_consent_is_rejected(
     examples: dict[str, StackRun], cloud: str, resource_type: str, change: Callable[[dict[str, Any]], None]
 ) -> None:
     assert policies_hit(mutated(examples[cloud].resources, resource_type, change)) == {"devserver-no-world-ingress"}
+
+
+GKE, EKS, AKS = (
+    "gcp:container/cluster:Cluster",
+    "aws:eks/cluster:Cluster",
+    "azure-native:containerservice:ManagedCluster",
+)
+
+
+def cluster_runs(examples: dict[str, StackRun], fixture_runs: dict[str, StackRun]) -> dict[str, StackRun]:
+    """The runs with a managed cluster: the GKE and AKS fixtures, the AWS example (EKS)."""
+    return {"gce": fixture_runs["gce"], "azure": fixture_runs["azure"], "aws": examples["aws"]}
+
+
+@pytest.mark.parametrize(
+    ("cloud", "resource_type", "change"),
+    [
+        ("gce", GKE, lambda i: i.pop("masterAuthorizedNetworksConfig")),
+        ("gce", GKE, lambda i: i["masterAuthorizedNetworksConfig"]["cidrBlocks"].append({"cidrBlock": "0.0.0.0/0"})),
+        ("gce", GKE, lambda i: i["masterAuthorizedNetworksConfig"].update(gcpPublicCidrsAccessEnabled=True)),
+        (
+            "gce",
+            GKE,
+            lambda i: i.update(controlPlaneEndpointsConfig={"dnsEndpointConfig": {"allowExternalTraffic": True}}),
+        ),
+        ("aws", EKS, lambda i: i["vpcConfig"].pop("publicAccessCidrs")),
+        ("aws", EKS, lambda i: i["vpcConfig"].update(publicAccessCidrs=["::/0"])),
+        ("azure", AKS, lambda i: i.pop("apiServerAccessProfile")),
+        ("azure", AKS, lambda i: i["apiServerAccessProfile"].update(authorizedIPRanges=[])),
+        ("azure", AKS, lambda i: i["apiServerAccessProfile"]["authorizedIPRanges"].append("0.0.0.0/0")),
+    ],
+    ids=[
+        "gke-no-authorized-networks",
+        "gke-world-block",
+        "gke-every-google-cloud-vm",
+        "gke-dns-endpoint-external",
+        "eks-no-public-access-cidrs",
+        "eks-ipv6-world",
+        "aks-no-access-profile",
+        "aks-no-ranges",
+        "aks-world-range",
+    ],
+)
+def test_world_open_cluster_endpoint_is_rejected(
+    examples: dict[str, StackRun],
+    fixture_runs: dict[str, StackRun],
+    cloud: str,
+    resource_type: str,
+    change: Callable[[dict[str, Any]], None],
+) -> None:
+    resources = mutated(cluster_runs(examples, fixture_runs)[cloud].resources, resource_type, change)
+    found = policy_violations(resources)
+    assert {policy for policy, _, _ in found} == {"devserver-no-world-cluster-endpoint"}
+    assert [name for _, name, _ in found] == [r.name for r in resources if r.type == resource_type]
+    assert all("reachable from the whole internet" in message for _, _, message in found)
+
+
+@pytest.mark.parametrize(
+    ("cloud", "resource_type", "change"),
+    [
+        # A private endpoint is not reachable from the internet at all, whatever the ACL says.
+        (
+            "gce",
+            GKE,
+            lambda i: (
+                i.pop("masterAuthorizedNetworksConfig"),
+                i.update(privateClusterConfig={"enablePrivateEndpoint": True}),
+            ),
+        ),
+        (
+            "aws",
+            EKS,
+            lambda i: (i["vpcConfig"].pop("publicAccessCidrs"), i["vpcConfig"].update(endpointPublicAccess=False)),
+        ),
+        ("azure", AKS, lambda i: i.update(apiServerAccessProfile={"enablePrivateCluster": True})),
+        # Narrower ACLs stay accepted.
+        ("gce", GKE, lambda i: i["masterAuthorizedNetworksConfig"].update(cidrBlocks=[{"cidrBlock": "192.0.2.1/32"}])),
+        ("aws", EKS, lambda i: i["vpcConfig"].update(publicAccessCidrs=["192.0.2.0/24", "198.51.100.0/24"])),
+        ("azure", AKS, lambda i: i["apiServerAccessProfile"].update(authorizedIPRanges=["192.0.2.1/32"])),
+    ],
+    ids=["gke-private", "eks-private", "aks-private", "gke-narrow", "eks-narrow", "aks-narrow"],
+)
+def test_restricted_or_private_cluster_endpoint_passes(
+    examples: dict[str, StackRun],
+    fixture_runs: dict[str, StackRun],
+    cloud: str,
+    resource_type: str,
+    change: Callable[[dict[str, Any]], None],
+) -> None:
+    resources = mutated(cluster_runs(examples, fixture_runs)[cloud].resources, resource_type, change)
+    assert policy_violations(resources) == []
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,20 @@ import yaml
 from typer.testing import CliRunner
 
 from devserver.cli.main import app
-from devserver.infra.common import OUTPUT_NAMES
+from devserver.infra.common import OPTIONAL_OUTPUTS, OUTPUT_NAMES
 from devserver.loader import load_spec
 from devserver.plan import Resolved, resolve
-from tests.stacks.harness import EXAMPLES, FAKE_AKS_KUBECONFIG, FAKE_AMI, FAKE_IMAGE_ID, SPECS, StackRun, run_stack
+from tests.stacks.harness import (
+    EXAMPLES,
+    FAKE_AKS_KUBECONFIG,
+    FAKE_AMI,
+    FAKE_CINDER_VOLUME_ID,
+    FAKE_EBS_VOLUME_ID,
+    FAKE_IMAGE_ID,
+    SPECS,
+    StackRun,
+    run_stack,
+)
 
 
 def resolved(spec: Path) -> Resolved:
@@ -30,7 +40,7 @@ def user_data_keys(text: str) -> tuple[str, list[str], str]:
 
 
 def test_outputs_contract_is_identical_on_every_cloud(examples: dict[str, StackRun]) -> None:
-    names = {cloud: set(run.outputs) - {"kubeconfig"} for cloud, run in examples.items()}
+    names = {cloud: set(run.outputs) - set(OPTIONAL_OUTPUTS) for cloud, run in examples.items()}
     assert all(found == set(OUTPUT_NAMES) for found in names.values()), names
     for cloud, run in examples.items():
         spec = resolved(EXAMPLES / f"{cloud}.yaml")
@@ -42,6 +52,30 @@ def test_outputs_contract_is_identical_on_every_cloud(examples: dict[str, StackR
     # Only the AWS example asks for a cluster; its kubeconfig is a secret.
     assert [cloud for cloud, run in examples.items() if "kubeconfig" in run.outputs] == ["aws"]
     assert examples["aws"].secret_outputs == {"kubeconfig"}
+
+
+def test_data_device_output_is_the_stable_path_the_guest_sees(examples: dict[str, StackRun]) -> None:
+    """Every example has disks.data: each stack exports the udev path of that disk on its cloud's guests."""
+    assert examples["gce"].outputs["data_device"] == "/dev/disk/by-id/google-data"
+    (disk,) = examples["gce"].one("gcp:compute/instance:Instance").inputs["attachedDisks"]
+    assert disk["deviceName"] == "data"
+    assert examples["azure"].outputs["data_device"] == "/dev/disk/azure/scsi1/lun0"
+    (data_disk,) = examples["azure"].one("azure-native:compute:VirtualMachine").inputs["storageProfile"]["dataDisks"]
+    assert data_disk["lun"] == 0
+    # The NVMe serial of an EBS volume is its ID without the dash; virtio-blk serials are cut to 20 characters.
+    assert (
+        examples["aws"].outputs["data_device"] == "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0"
+    )
+    assert examples["aws"].one("aws:ec2/volumeAttachment:VolumeAttachment").inputs["volumeId"] == FAKE_EBS_VOLUME_ID
+    assert examples["openstack"].outputs["data_device"] == f"/dev/disk/by-id/virtio-{FAKE_CINDER_VOLUME_ID[:20]}"
+    assert examples["openstack"].outputs["data_device"] == "/dev/disk/by-id/virtio-6a1b2c3d-4e5f-4a6b-8"
+    assert all("data_device" not in run.secret_outputs for run in examples.values())
+
+
+def test_no_data_device_output_without_a_data_disk(fixture_runs: dict[str, StackRun]) -> None:
+    """The AKS fixture has no disks.data (and neither do the others): no data_device output, nothing to mount."""
+    for cloud, run in fixture_runs.items():
+        assert "data_device" not in run.outputs, cloud
 
 
 def test_every_resource_uses_the_provider_configured_from_the_spec(examples: dict[str, StackRun]) -> None:
@@ -218,7 +252,7 @@ def test_aws_g6_spot_instance_and_eks(examples: dict[str, StackRun]) -> None:
     assert (volume["size"], volume["encrypted"], volume["type"]) == (200, True, "gp3")
     assert volume["availabilityZone"] == "us-east-1a"  # the instance's
     attachment = run.one("aws:ec2/volumeAttachment:VolumeAttachment").inputs
-    assert (attachment["volumeId"], attachment["instanceId"]) == ("ml-dev-aws-data-id", "ml-dev-aws-vm-id")
+    assert (attachment["volumeId"], attachment["instanceId"]) == (FAKE_EBS_VOLUME_ID, "ml-dev-aws-vm-id")
     (ingress,) = run.one("aws:ec2/securityGroup:SecurityGroup").inputs["ingress"]
     assert (ingress["fromPort"], ingress["toPort"], ingress["protocol"]) == (22, 22, "tcp")
     assert ingress["cidrBlocks"] + ingress["ipv6CidrBlocks"] == plan.spec.ssh.allowed_cidrs
@@ -285,7 +319,7 @@ def test_openstack_p100_server(examples: dict[str, StackRun]) -> None:
     assert association == {"floatingIp": "203.0.113.13", "portId": "ml-dev-pouta-port-id"}
     assert run.one("openstack:blockstorage/volume:Volume").inputs["size"] == 300
     attach = run.one("openstack:compute/volumeAttach:VolumeAttach").inputs
-    assert (attach["instanceId"], attach["volumeId"]) == ("ml-dev-pouta-vm-id", "ml-dev-pouta-data-id")
+    assert (attach["instanceId"], attach["volumeId"]) == ("ml-dev-pouta-vm-id", FAKE_CINDER_VOLUME_ID)
     assert run.call("openstack:networking/getNetwork:getNetwork").args["name"] == "project_2001234"
     assert run.one("openstack:networking/port:Port").inputs["networkId"] == "net-0001"
 

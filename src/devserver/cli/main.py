@@ -126,7 +126,11 @@ def update(
     ] = None,
     key: KeyOption = None,
     data_device: Annotated[
-        str | None, typer.Option("--data-device", help="Block device of the data volume, e.g. /dev/sdb.")
+        str | None,
+        typer.Option(
+            "--data-device",
+            help="Block device of the data volume, e.g. /dev/sdb (default: the data_device a stack folder exports).",
+        ),
     ] = None,
     known_hosts: KnownHostsOption = None,
     no_mitogen: Annotated[

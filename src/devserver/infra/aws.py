@@ -23,8 +23,18 @@ from devserver.registry.aws import CLUSTER_POLICIES, NODE_POLICIES, attachment_k
 from devserver.spec import AwsCloud
 
 VOLUME_TYPE = "gp3"
-# Where the data volume is attached; on Nitro instances the guest sees an NVMe device whose serial is the volume ID.
+# Where the data volume is attached; on Nitro instances (every GPU type the catalog lists) the guest sees an NVMe
+# device instead, whose model is "Amazon Elastic Block Store" and whose serial is the volume ID without its dash;
+# udev's by-id rule links it as /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_<serial>.
+# https://docs.aws.amazon.com/ebs/latest/userguide/identify-nvme-ebs-device.html
 DATA_DEVICE = "/dev/sdf"
+
+
+def nvme_device(volume_id: str) -> str:
+    """The stable path of EBS volume `volume_id` (vol-0123…) on a Nitro instance."""
+    return f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{volume_id.replace('-', '')}"
+
+
 # Untainted nodes for kube-system and the GPU operator's controllers: the GPU node groups are tainted.
 SYSTEM_NODE_TYPE = "m6i.large"
 GPU_AMI_TYPE = "AL2023_x86_64_NVIDIA"
@@ -65,7 +75,7 @@ class AwsDevserver(DevserverComponent):
             self.names.name("key"), public_key=self.spec.ssh.public_keys[0], tags=self._tags("key"), opts=self.child()
         )
         ami = self._ami()
-        instance = self._instance(ami, subnet_id, group, key)
+        instance, data_device = self._instance(ami, subnet_id, group, key)
         address = aws.ec2.Eip(
             self.names.name("ip"), domain="vpc", instance=instance.id, tags=self._tags("ip"), opts=self.child()
         )
@@ -79,6 +89,7 @@ class AwsDevserver(DevserverComponent):
                 gpu=resolved.gpu_summary,
                 image=ami,
                 kubeconfig=kubeconfig,
+                data_device=data_device,
             )
         )
 
@@ -151,7 +162,8 @@ class AwsDevserver(DevserverComponent):
         subnet_id: pulumi.Input[str],
         group: aws.ec2.SecurityGroup,
         key: aws.ec2.KeyPair,
-    ) -> aws.ec2.Instance:
+    ) -> tuple[aws.ec2.Instance, pulumi.Output[str] | None]:
+        """The instance, and the data volume's stable device path when the spec has one."""
         spec = self.spec
         spot = spec.machine.spot
         instance = aws.ec2.Instance(
@@ -204,7 +216,10 @@ class AwsDevserver(DevserverComponent):
                 instance_id=instance.id,
                 opts=self.child(),
             )
-        return instance
+            # Annotated so the type holds where mypy is told to skip the provider SDK (it would be Any there).
+            device: pulumi.Output[str] = volume.id.apply(nvme_device)
+            return instance, device
+        return instance, None
 
     def _role(self, what: str, service: str, policies: tuple[str, ...]) -> tuple[aws.iam.Role, list[pulumi.Resource]]:
         role = aws.iam.Role(
@@ -232,17 +247,17 @@ class AwsDevserver(DevserverComponent):
         subnet_ids = aws.ec2.get_subnets_output(filters=in_vpc, opts=self.invoke_opts()).ids
         cluster_role, cluster_attachments = self._role("eks-cluster", "eks.amazonaws.com", CLUSTER_POLICIES)
         node_role, node_attachments = self._role("eks-node", "ec2.amazonaws.com", NODE_POLICIES)
-        ipv4 = cidrs_by_family(spec.ssh.allowed_cidrs).get(4)
         cluster = aws.eks.Cluster(
             self.names.name("cluster"),
             role_arn=cluster_role.arn,
             version=spec.kubernetes.version,
             vpc_config=aws.eks.ClusterVpcConfigArgs(
                 subnet_ids=subnet_ids,
-                # The public endpoint admits the spec's IPv4 networks only; nodes use the private endpoint.
+                # The public endpoint admits the spec's IPv4 networks only (an IPv4 cluster's endpoint takes no
+                # IPv6 CIDRs; without any, EKS admits 0.0.0.0/0); nodes use the private endpoint.
                 endpoint_public_access=True,
                 endpoint_private_access=True,
-                public_access_cidrs=ipv4,
+                public_access_cidrs=self.endpoint_cidrs(),
             ),
             access_config=aws.eks.ClusterAccessConfigArgs(
                 authentication_mode="API", bootstrap_cluster_creator_admin_permissions=True

@@ -27,6 +27,11 @@ SUBNET_CIDR = "10.42.1.0/24"
 SYSTEM_POOL_SIZE = "Standard_D4s_v5"
 # Every NC/ND size supports premium SSDs.
 DISK_SKU = "Premium_LRS"
+# The data disk's LUN. The Azure Linux agent's udev rules (walinuxagent/waagent, in Azure's Debian and Ubuntu
+# images) link a data disk on the SCSI controller as /dev/disk/azure/scsi1/lun<N>.
+# https://learn.microsoft.com/troubleshoot/azure/virtual-machines/linux/troubleshoot-device-names-problems
+DATA_LUN = 0
+DATA_DEVICE = f"/dev/disk/azure/scsi1/lun{DATA_LUN}"
 
 
 def image_reference(resolved: Resolved) -> compute.ImageReferenceArgs:
@@ -82,6 +87,7 @@ class AzureDevserver(DevserverComponent):
                 gpu=resolved.gpu_summary,
                 image=resolved.image,
                 kubeconfig=kubeconfig,
+                data_device=DATA_DEVICE if self.spec.disks.data is not None else None,
             )
         )
 
@@ -173,10 +179,10 @@ class AzureDevserver(DevserverComponent):
                 tags=self.labels,
                 opts=self.child(),
             )
-            # LUN 0: the guest sees it as /dev/disk/azure/scsi1/lun0.
+            # The guest sees it as DATA_DEVICE.
             data_disks.append(
                 compute.DataDiskArgs(
-                    lun=0,
+                    lun=DATA_LUN,
                     create_option="Attach",
                     managed_disk=compute.ManagedDiskParametersArgs(id=disk.id),
                     caching=compute.CachingTypes.READ_ONLY,
@@ -237,8 +243,6 @@ class AzureDevserver(DevserverComponent):
         """An AKS cluster: a small System pool plus one GPU User pool per planned node pool."""
         spec = self.spec
         assert spec.kubernetes is not None
-        # The API server admits the spec's IPv4 networks only (AKS adds its own egress IP itself).
-        ipv4 = cidrs_by_family(spec.ssh.allowed_cidrs).get(4, [])
         cluster = containerservice.ManagedCluster(
             self.names.name("cluster"),
             resource_group_name=group.name,
@@ -260,11 +264,11 @@ class AzureDevserver(DevserverComponent):
                     tags=self.labels,
                 )
             ],
+            # The API server admits the spec's IPv4 networks only (the cluster is single-stack IPv4; AKS adds its
+            # own egress IP itself). Without the ranges it would admit everyone.
             api_server_access_profile=containerservice.ManagedClusterAPIServerAccessProfileArgs(
-                authorized_ip_ranges=ipv4
-            )
-            if ipv4
-            else None,
+                authorized_ip_ranges=self.endpoint_cidrs()
+            ),
             tags=self.labels,
             opts=self.child(),
         )

@@ -37,7 +37,9 @@ class DevserverOutputs:
 
     `host` is the public address SSH reaches, `ssh_user`/`ssh_port` how to log in, `instance_id` the cloud's ID
     of the VM, `gpu` what it carries ('1x NVIDIA T4'), `image` the image it booted from as the cloud names it.
-    `kubeconfig` (a secret) is present only where the spec asked for a Kubernetes cluster.
+    `kubeconfig` (a secret) is present only where the spec asked for a Kubernetes cluster. `data_device`, present
+    only where the spec has ``disks.data``, is the data disk's stable path as the guest sees it (a udev symlink such
+    as ``/dev/disk/by-id/google-data``), which ``devserver update <stack folder>`` passes to the roles.
     """
 
     host: pulumi.Output[str]
@@ -47,14 +49,17 @@ class DevserverOutputs:
     gpu: str
     image: pulumi.Input[str]
     kubeconfig: pulumi.Output[str] | None = None
+    data_device: pulumi.Input[str] | None = None
 
     def as_dict(self) -> dict[str, object]:
-        """The outputs by name, `kubeconfig` left out when there is no cluster."""
+        """The outputs by name, `kubeconfig` and `data_device` left out when there is no cluster or data disk."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
-#: Output names every stack exports (plus ``kubeconfig`` where a cluster is created).
-OUTPUT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(DevserverOutputs) if f.name != "kubeconfig")
+#: Outputs a stack exports only when the spec asks for what they describe (a cluster, a data disk).
+OPTIONAL_OUTPUTS: tuple[str, ...] = ("kubeconfig", "data_device")
+#: Output names every stack exports.
+OUTPUT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(DevserverOutputs) if f.name not in OPTIONAL_OUTPUTS)
 
 
 class DevserverComponent(pulumi.ComponentResource):
@@ -93,6 +98,16 @@ class DevserverComponent(pulumi.ComponentResource):
     def invoke_opts(self) -> pulumi.InvokeOptions:
         """Options for a data-source lookup: on the spec's provider, parented to this component."""
         return pulumi.InvokeOptions(parent=self, provider=self._provider)
+
+    def endpoint_cidrs(self) -> list[str]:
+        """The networks the managed cluster's API endpoint admits: the spec's ``ssh.allowed_cidrs`` of the address
+        families the cloud's endpoint ACL takes (the registry entry's fact). Never empty: the plan refuses a spec
+        with node pools and no such network, so an endpoint is never left without its list (open to everyone)."""
+        endpoint = registry.get(self.spec.cloud.provider).cluster_endpoint
+        assert endpoint is not None, f"{self.spec.cloud.provider} has node pools but no cluster endpoint fact"
+        cidrs = endpoint.admitted(self.spec.ssh.allowed_cidrs)
+        assert cidrs, "devserver.plan refuses node pools without a network the endpoint ACL takes"
+        return cidrs
 
     def publish(self, outputs: DevserverOutputs) -> None:
         self.outputs = outputs

@@ -41,6 +41,11 @@ _BUNDLED_ACCELERATORS = (
 # https://cloud.google.com/compute/docs/accelerator-optimized-machines
 _HYPERDISK_ONLY = ("a3-ultragpu-", "a4-", "a4x-", "g4-")
 _GVNIC_REQUIRED = ("a3-", "a4-", "a4x-", "g4-")
+# The data disk's device_name; the guest environment's udev rules (google-guest-configs, in GCE's Debian and Ubuntu
+# images) name an attached disk /dev/disk/by-id/google-<device_name>.
+# https://cloud.google.com/compute/docs/disks/disk-symlinks
+DATA_DEVICE_NAME = "data"
+DATA_DEVICE = f"/dev/disk/by-id/google-{DATA_DEVICE_NAME}"
 
 
 def accelerator_type(machine: MachineChoice) -> str:
@@ -108,6 +113,7 @@ class GceDevserver(DevserverComponent):
                 gpu=resolved.gpu_summary,
                 image=self._image(),
                 kubeconfig=kubeconfig,
+                data_device=DATA_DEVICE if self.spec.disks.data is not None else None,
             )
         )
 
@@ -157,8 +163,8 @@ class GceDevserver(DevserverComponent):
                 labels=self.labels,
                 opts=self.child(),
             )
-            # device_name makes it /dev/disk/by-id/google-data on the guest.
-            attached.append(gcp.compute.InstanceAttachedDiskArgs(source=data.id, device_name="data"))
+            # device_name makes it DATA_DEVICE on the guest.
+            attached.append(gcp.compute.InstanceAttachedDiskArgs(source=data.id, device_name=DATA_DEVICE_NAME))
         accelerators = (
             [gcp.compute.InstanceGuestAcceleratorArgs(type=machine.accelerator, count=machine.gpu_count)]
             if machine.accelerator is not None
@@ -215,10 +221,14 @@ class GceDevserver(DevserverComponent):
         """A zonal GKE cluster: a small untainted system pool plus one GPU pool per planned node pool."""
         spec = self.spec
         assert spec.kubernetes is not None
-        # The control plane admits the spec's IPv4 networks only (GKE authorized networks take no IPv6).
-        ipv4 = cidrs_by_family(spec.ssh.allowed_cidrs).get(4, [])
+        # The control plane admits the spec's networks of the families the registry says GKE can authorize (IPv4),
+        # and not every Google Cloud VM's public IP.
         authorized = gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(
-            cidr_blocks=[gcp.container.ClusterMasterAuthorizedNetworksConfigCidrBlockArgs(cidr_block=c) for c in ipv4]
+            cidr_blocks=[
+                gcp.container.ClusterMasterAuthorizedNetworksConfigCidrBlockArgs(cidr_block=cidr)
+                for cidr in self.endpoint_cidrs()
+            ],
+            gcp_public_cidrs_access_enabled=False,
         )
         cluster = gcp.container.Cluster(
             self.names.name("cluster"),
@@ -230,7 +240,7 @@ class GceDevserver(DevserverComponent):
             remove_default_node_pool=True,
             initial_node_count=1,
             ip_allocation_policy=gcp.container.ClusterIpAllocationPolicyArgs(),
-            master_authorized_networks_config=authorized if ipv4 else None,
+            master_authorized_networks_config=authorized,
             resource_labels=self.labels,
             # A devserver cluster is meant to be torn down with `pulumi destroy`.
             deletion_protection=False,

@@ -20,6 +20,16 @@ from devserver.infra.common import (
 from devserver.plan import Resolved
 from devserver.spec import OpenStackCloud
 
+# Nova gives a volume's virtio-blk disk the volume ID as serial, which virtio cuts to 20 characters; udev links it
+# as /dev/disk/by-id/virtio-<serial>. https://docs.openstack.org/nova/latest/user/block-device-mapping.html
+VIRTIO_SERIAL_LENGTH = 20
+
+
+def virtio_device(volume_id: str) -> str:
+    """The stable path of Cinder volume `volume_id` attached over virtio-blk."""
+    return f"/dev/disk/by-id/virtio-{volume_id[:VIRTIO_SERIAL_LENGTH]}"
+
+
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -98,6 +108,7 @@ class OpenStackDevserver(DevserverComponent):
         openstack.networking.FloatingIpAssociate(
             self.names.name("ip-association"), floating_ip=floating_ip.address, port_id=port.id, opts=self.child()
         )
+        data_device: pulumi.Output[str] | None = None
         if self.spec.disks.data is not None:
             volume = openstack.blockstorage.Volume(
                 self.names.name("data"),
@@ -109,6 +120,7 @@ class OpenStackDevserver(DevserverComponent):
             openstack.compute.VolumeAttach(
                 self.names.name("data-attachment"), instance_id=server.id, volume_id=volume.id, opts=self.child()
             )
+            data_device = volume.id.apply(virtio_device)
         self.publish(
             DevserverOutputs(
                 host=floating_ip.address,
@@ -117,6 +129,7 @@ class OpenStackDevserver(DevserverComponent):
                 instance_id=server.id,
                 gpu=resolved.gpu_summary,
                 image=resolved.image,
+                data_device=data_device,
             )
         )
 

@@ -9,6 +9,8 @@ The checks:
 - no ingress from the whole internet (0.0.0.0/0, ::/0, Azure's ``*``/``Internet``, or an OpenStack/GCE rule with
   no source at all) unless the resource carries the allow-world marker the components set for
   ``ssh.allow_world: true``;
+- no managed Kubernetes API endpoint (GKE, EKS, AKS) reachable from the whole internet — no ACL at all, or one
+  admitting 0.0.0.0/0 or ::/0 — unless the cluster carries the same allow-world marker;
 - disks encrypted (EBS root/data volumes and launch templates; Azure encryption at host; GCE encrypts every disk
   with Google-managed keys, so there is nothing to check there);
 - GCE GPU VMs use ``onHostMaintenance = TERMINATE``;
@@ -57,7 +59,7 @@ def _world(sources: Iterable[object]) -> list[str]:
 def _allows_world(props: Props) -> bool:
     """Whether the resource carries the allow-world marker: a label/tag (mapping or OpenStack 'k=v' list), or the
     marker in its description on resources that take no labels."""
-    for key in ("labels", "tags"):
+    for key in ("labels", "tags", "resourceLabels"):
         value = props.get(key)
         if _mapping(value).get(ALLOW_WORLD_LABEL) == "true" or ALLOW_WORLD_MARKER in _list(value):
             return True
@@ -140,6 +142,49 @@ def no_world_ingress(args: ResourceValidationArgs, report_violation: ReportViola
         report_violation(
             f"{args.name} admits ingress from the whole internet ({', '.join(world)}); list your networks in "
             f"ssh.allowed_cidrs, or set ssh.allow_world: true if you really mean it",
+            None,
+        )
+
+
+# No cluster API endpoint open to the internet.
+
+
+def _open_endpoint(resource_type: str, props: Props) -> list[str]:
+    """Why a managed cluster's public API endpoint admits the whole internet (empty when it does not)."""
+    found: list[str] = []
+    if resource_type == "gcp:container/cluster:Cluster":
+        private = _get(props, "privateClusterConfig", "enablePrivateEndpoint") is True
+        ip_endpoint_off = _get(props, "controlPlaneEndpointsConfig", "ipEndpointsConfig", "enabled") is False
+        if not private and not ip_endpoint_off:
+            config = props.get("masterAuthorizedNetworksConfig")
+            if not _is_mapping(config):
+                found.append("no master authorized networks (GKE admits every address)")
+            else:
+                found += _world(_mapping(block).get("cidrBlock") for block in _list(config.get("cidrBlocks")))
+                if config.get("gcpPublicCidrsAccessEnabled") is True:
+                    found.append("gcpPublicCidrsAccessEnabled (any Google Cloud VM's public IP)")
+        if _get(props, "controlPlaneEndpointsConfig", "dnsEndpointConfig", "allowExternalTraffic") is True:
+            found.append("the DNS endpoint allows external traffic")
+    elif resource_type == "aws:eks/cluster:Cluster":
+        vpc = _mapping(props.get("vpcConfig"))
+        if vpc.get("endpointPublicAccess") is not False:
+            cidrs = _list(vpc.get("publicAccessCidrs"))
+            found += _world(cidrs) if cidrs else ["no publicAccessCidrs (EKS defaults to 0.0.0.0/0)"]
+    elif resource_type == "azure-native:containerservice:ManagedCluster":
+        profile = _mapping(props.get("apiServerAccessProfile"))
+        if profile.get("enablePrivateCluster") is not True:
+            ranges = _list(profile.get("authorizedIPRanges"))
+            found += _world(ranges) if ranges else ["no authorizedIPRanges (AKS admits every address)"]
+    return found
+
+
+def no_world_cluster_endpoint(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    """Reject a managed Kubernetes API endpoint reachable from the whole internet unless the spec allowed it."""
+    reasons = _open_endpoint(args.resource_type, args.props)
+    if reasons and not _allows_world(args.props):
+        report_violation(
+            f"{args.name}: the cluster API endpoint is reachable from the whole internet ({', '.join(reasons)}); "
+            f"list your networks in ssh.allowed_cidrs, or set ssh.allow_world: true if you really mean it",
             None,
         )
 
@@ -295,6 +340,7 @@ def _policy(name: str, validate: Validate) -> ResourceValidationPolicy:
 
 POLICIES: tuple[ResourceValidationPolicy, ...] = (
     _policy("devserver-no-world-ingress", no_world_ingress),
+    _policy("devserver-no-world-cluster-endpoint", no_world_cluster_endpoint),
     _policy("devserver-disks-encrypted", disks_encrypted),
     _policy("devserver-gce-gpu-terminate", gce_gpu_terminate),
     _policy("devserver-aws-imdsv2", aws_imdsv2),

@@ -17,7 +17,8 @@ names.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+import ipaddress
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -111,6 +112,32 @@ class PackerFacts:
 
 
 @dataclass(frozen=True)
+class ClusterEndpoint:
+    """How the public API endpoint of the cloud's managed Kubernetes cluster is limited to ``ssh.allowed_cidrs``.
+
+    `service`: the managed Kubernetes service (GKE). `acl`: the cluster setting that holds the networks.
+    `families`: the address families it can express for the cluster as the stack creates it (an IPv4 cluster, whose
+    public endpoint has only an IPv4 address). `source`: where the cloud documents that. A spec with node pools
+    whose ``ssh.allowed_cidrs`` hold no network of these families is refused at plan time (:mod:`devserver.plan`):
+    the endpoint would be open to everyone or reachable by no one.
+    """
+
+    service: str
+    acl: str
+    families: frozenset[int]
+    source: str
+
+    def admitted(self, cidrs: Sequence[str]) -> list[str]:
+        """The networks of `cidrs` the endpoint's ACL can hold, in order."""
+        return [cidr for cidr in cidrs if ipaddress.ip_network(cidr).version in self.families]
+
+    @property
+    def families_text(self) -> str:
+        """'IPv4' or 'IPv4 and IPv6'."""
+        return spoken(tuple(f"IPv{family}" for family in sorted(self.families)))
+
+
+@dataclass(frozen=True)
 class Cloud:
     """One cloud, everything devserver knows about it that differs from the others.
 
@@ -123,6 +150,7 @@ class Cloud:
     `component` / `uploader`: the Pulumi component class and the uploader factory, imported only when used.
     `upload_sdk`: the modules the uploader imports, checked before an upload starts.
     `login`: the SSH key types and admin user names the cloud accepts (see :class:`LoginFacts`).
+    `cluster_endpoint`: how its managed Kubernetes API endpoint is restricted (clouds offering node pools).
     """
 
     name: str
@@ -137,6 +165,7 @@ class Cloud:
     uploader: Lazy | None = None
     upload_sdk: tuple[str, ...] = ()
     login: LoginFacts = field(default_factory=LoginFacts)
+    cluster_endpoint: ClusterEndpoint | None = None
 
     def offers(self, capability: Capability) -> bool:
         return bool(getattr(self.capabilities, capability))
@@ -229,6 +258,7 @@ __all__ = [
     "SSH_KEY_TYPES",
     "Capabilities",
     "Cloud",
+    "ClusterEndpoint",
     "DiskFormat",
     "Lazy",
     "LoginFacts",

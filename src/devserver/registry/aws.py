@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from devserver.registry import Capabilities, Cloud, Lazy, LoginFacts, PackerFacts
+from devserver.registry import Capabilities, Cloud, ClusterEndpoint, Lazy, LoginFacts, PackerFacts
 from devserver.registry import resources as r
 from devserver.registry.resources import PlannedResource
 
@@ -136,6 +136,17 @@ def packer_variables(resolved: Resolved) -> dict[str, object]:
     }
 
 
+# publicAccessCidrs defaults to 0.0.0.0/0, and "You can't add IPv6 CIDR blocks to IPv4 clusters" (only IPv6
+# clusters made after October 2024 have a dual-stack endpoint); the stack's EKS cluster is IPv4.
+# https://docs.aws.amazon.com/eks/latest/APIReference/API_VpcConfigRequest.html
+CLUSTER_ENDPOINT = ClusterEndpoint(
+    service="EKS",
+    acl="public access CIDRs",
+    families=frozenset({4}),
+    source="https://docs.aws.amazon.com/eks/latest/APIReference/API_VpcConfigRequest.html",
+)
+
+
 CLOUD = Cloud(
     name="aws",
     title="AWS",
@@ -151,4 +162,5 @@ CLOUD = Cloud(
     uploader=Lazy("devserver.clouds.aws", "from_options", extra="aws"),
     upload_sdk=("boto3",),
     login=LOGIN,
+    cluster_endpoint=CLUSTER_ENDPOINT,
 )

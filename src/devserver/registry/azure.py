@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from devserver.registry import Capabilities, Cloud, Lazy, LoginFacts, PackerFacts
+from devserver.registry import Capabilities, Cloud, ClusterEndpoint, Lazy, LoginFacts, PackerFacts
 from devserver.registry import resources as r
 from devserver.registry.resources import PlannedResource
 
@@ -141,6 +141,17 @@ def gen1_sku(sku: str) -> str:
     return f"{sku}-gen1"
 
 
+# Without authorized IP ranges the AKS API server's public IP admits everyone. The stack's AKS cluster is
+# single-stack IPv4 (the network profile's default IP family), so its API server has an IPv4 address only and only
+# IPv4 ranges can let anyone in. https://learn.microsoft.com/azure/aks/api-server-authorized-ip-ranges
+CLUSTER_ENDPOINT = ClusterEndpoint(
+    service="AKS",
+    acl="API server authorized IP ranges",
+    families=frozenset({4}),
+    source="https://learn.microsoft.com/azure/aks/api-server-authorized-ip-ranges",
+)
+
+
 CLOUD = Cloud(
     name="azure",
     title="Azure",
@@ -154,4 +165,5 @@ CLOUD = Cloud(
     uploader=Lazy("devserver.clouds.azure", "from_options", extra="azure"),
     upload_sdk=("azure.storage.blob", "azure.mgmt.compute", "azure.identity"),
     login=LOGIN,
+    cluster_endpoint=CLUSTER_ENDPOINT,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from devserver.registry import Capabilities, Cloud, Lazy, LoginFacts, PackerFacts
+from devserver.registry import Capabilities, Cloud, ClusterEndpoint, Lazy, LoginFacts, PackerFacts
 from devserver.registry import resources as r
 from devserver.registry.resources import PlannedResource
 
@@ -91,6 +91,18 @@ def packer_variables(resolved: Resolved) -> dict[str, object]:
     }
 
 
+# The stack's GKE cluster is IPv4 (the IP allocation policy's default stack type): its control plane's public endpoint
+# has an IPv4 address only, so only IPv4 networks can be authorized to reach it. With authorized networks enabled,
+# GKE admits only the listed blocks (plus Google's own management addresses; access from every Google Cloud VM's
+# public IP stays off). https://cloud.google.com/kubernetes-engine/docs/how-to/authorized-networks
+CLUSTER_ENDPOINT = ClusterEndpoint(
+    service="GKE",
+    acl="master authorized networks",
+    families=frozenset({4}),
+    source="https://cloud.google.com/kubernetes-engine/docs/how-to/authorized-networks",
+)
+
+
 CLOUD = Cloud(
     name="gce",
     title="Google Compute Engine",
@@ -104,4 +116,5 @@ CLOUD = Cloud(
     uploader=Lazy("devserver.clouds.gce", "from_options", extra="gce"),
     upload_sdk=("google.cloud.storage", "google.cloud.compute_v1"),
     login=LOGIN,
+    cluster_endpoint=CLUSTER_ENDPOINT,
 )
