@@ -25,8 +25,8 @@ from devserver.spec import AwsCloud
 VOLUME_TYPE = "gp3"
 # Where the data volume is attached; on Nitro instances (every GPU type the catalog lists) the guest sees an NVMe
 # device instead, whose model is "Amazon Elastic Block Store" and whose serial is the volume ID without its dash;
-# udev's by-id rule links it as /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_<serial>.
-# https://docs.aws.amazon.com/ebs/latest/userguide/identify-nvme-ebs-device.html
+# systemd's 60-persistent-storage.rules link it as /dev/disk/by-id/nvme-<model>_<serial>, spaces made underscores
+# (amazon-ec2-utils' ebsnvme-id reads the same volume ID back from the device).
 DATA_DEVICE = "/dev/sdf"
 
 

@@ -41,9 +41,9 @@ _BUNDLED_ACCELERATORS = (
 # https://cloud.google.com/compute/docs/accelerator-optimized-machines
 _HYPERDISK_ONLY = ("a3-ultragpu-", "a4-", "a4x-", "g4-")
 _GVNIC_REQUIRED = ("a3-", "a4-", "a4x-", "g4-")
-# The data disk's device_name; the guest environment's udev rules (google-guest-configs, in GCE's Debian and Ubuntu
-# images) name an attached disk /dev/disk/by-id/google-<device_name>.
-# https://cloud.google.com/compute/docs/disks/disk-symlinks
+# The data disk's device_name; the guest environment's udev rules (google-guest-configs' 65-gce-disk-naming.rules,
+# in GCE's Debian and Ubuntu images) link an attached disk as /dev/disk/by-id/google-<device_name>.
+# https://github.com/GoogleCloudPlatform/guest-configs/blob/master/src/lib/udev/rules.d/65-gce-disk-naming.rules
 DATA_DEVICE_NAME = "data"
 DATA_DEVICE = f"/dev/disk/by-id/google-{DATA_DEVICE_NAME}"
 

@@ -20,8 +20,10 @@ from devserver.infra.common import (
 from devserver.plan import Resolved
 from devserver.spec import OpenStackCloud
 
-# Nova gives a volume's virtio-blk disk the volume ID as serial, which virtio cuts to 20 characters; udev links it
-# as /dev/disk/by-id/virtio-<serial>. https://docs.openstack.org/nova/latest/user/block-device-mapping.html
+# Nova gives an attached volume's disk the volume ID as serial
+# (https://specs.openstack.org/openstack/nova-specs/specs/rocky/approved/local-disk-serial-numbers.html), which
+# virtio-blk cuts to 20 bytes (VIRTIO_BLK_ID_BYTES); systemd's 60-persistent-storage.rules link the disk as
+# /dev/disk/by-id/virtio-<serial>.
 VIRTIO_SERIAL_LENGTH = 20
 
 
